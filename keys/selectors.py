@@ -1,0 +1,129 @@
+"""Reads of keys and limits, shaped for the relay's hot path."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import fnmatch
+import time
+from decimal import Decimal
+
+from django.conf import settings
+
+from keys.models import ApiKey, Limits, Period, QuotaLedger, UserLimit, key_hash, period_start
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LimitSnapshot:
+    budget_usd: Decimal | None = None
+    period: str = Period.TOTAL
+    token_limit: int | None = None
+    request_limit: int | None = None
+    rpm: int | None = None
+    tpm: int | None = None
+    max_concurrent: int | None = None
+    models: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, limits: Limits | None) -> LimitSnapshot:
+        if limits is None:
+            return cls()
+        return cls(
+            budget_usd=limits.budget_usd,
+            period=limits.period,
+            token_limit=limits.token_limit,
+            request_limit=limits.request_limit,
+            rpm=limits.rpm,
+            tpm=limits.tpm,
+            max_concurrent=limits.max_concurrent,
+            models=tuple(limits.model_patterns()),
+        )
+
+    def model_allowed(self, model: str) -> bool:
+        return not self.models or any(fnmatch.fnmatchcase(model, p) for p in self.models)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "budget_usd": None if self.budget_usd is None else str(self.budget_usd.normalize()),
+            "period": self.period,
+            "token_limit": self.token_limit,
+            "request_limit": self.request_limit,
+            "rpm": self.rpm,
+            "tpm": self.tpm,
+            "max_concurrent": self.max_concurrent,
+            "models": list(self.models),
+        }
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class KeyInfo:
+    """What the relay needs to know about a key, cached per process for a few seconds."""
+
+    id: int
+    user_id: int
+    username: str
+    prefix: str
+    name: str
+    expires_at: dt.datetime | None
+    log_bodies: bool | None
+    key_limits: LimitSnapshot
+    user_limits: LimitSnapshot
+
+    def model_allowed(self, model: str) -> bool:
+        return self.key_limits.model_allowed(model) and self.user_limits.model_allowed(model)
+
+    @property
+    def has_budget(self) -> bool:
+        return self.key_limits.budget_usd is not None or self.user_limits.budget_usd is not None
+
+
+_cache: dict[str, tuple[float, KeyInfo | None]] = {}
+
+
+def key_info_for_secret(secret: str) -> KeyInfo | None:
+    """The active key a secret names, or None. Revoked keys are filtered here and again by the
+    quota step on every request, so a cached entry can never outlive a revocation."""
+    digest = key_hash(secret)
+    hit = _cache.get(digest)
+    now = time.monotonic()
+    if hit is not None and now - hit[0] < settings.PROXY_KEY_CACHE_SECONDS:
+        return hit[1]
+    key = (
+        ApiKey.objects.select_related("user", "user__proxy_limit")
+        .filter(key_hash=digest, revoked_at__isnull=True, user__is_active=True)
+        .first()
+    )
+    info = None
+    if key is not None:
+        try:
+            user_limit: UserLimit | None = key.user.proxy_limit
+        except UserLimit.DoesNotExist:
+            user_limit = None
+        info = KeyInfo(
+            id=key.pk,
+            user_id=key.user_id,
+            username=key.user.get_username(),
+            prefix=key.prefix,
+            name=key.name,
+            expires_at=key.expires_at,
+            log_bodies=key.log_bodies,
+            key_limits=LimitSnapshot.of(key),
+            user_limits=LimitSnapshot.of(user_limit),
+        )
+    if len(_cache) > 100_000:
+        _cache.clear()
+    _cache[digest] = (now, info)
+    return info
+
+
+def key_info_forget(api_key: ApiKey) -> None:
+    _cache.pop(api_key.key_hash, None)
+
+
+def ledger_for(*, api_key_id: int | None = None, user_id: int | None = None, period: str,
+               now: dt.datetime) -> QuotaLedger | None:
+    start = period_start(period, now)
+    return QuotaLedger.objects.filter(
+        api_key_id=api_key_id, user_id=user_id, period=period, period_start=start
+    ).first()
+

@@ -1,0 +1,29 @@
+"""Every URL of the proxy: the relay under /v1, the usage API and dashboards, the admin."""
+
+from __future__ import annotations
+
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import include, path, re_path
+from django.views.generic import RedirectView
+
+from keys import views as keys_views
+from relay import views as relay_views
+
+urlpatterns = [
+    path("healthz", relay_views.healthz, name="healthz"),
+    path("readyz", relay_views.readyz, name="readyz"),
+    path("v1/proxy/me", relay_views.proxy_me, name="proxy_me"),
+    re_path(r"^v1/(?P<path>.*)$", relay_views.relay, name="relay"),
+    # The original proxy's URL form: the key in the path, any bearer value ignored.
+    re_path(r"^(?P<url_key>sk-proxy-[A-Za-z0-9_-]+)/v1/proxy/me$", relay_views.proxy_me),
+    re_path(r"^(?P<url_key>sk-proxy-[A-Za-z0-9_-]+)/v1/(?P<path>.*)$", relay_views.relay),
+    path("create_api_key/<str:username>", keys_views.create_api_key_legacy, name="create_api_key"),
+    path("admin/", admin.site.urls),
+    path("api/", include("keys.urls")),
+    path("api/", include("usage.api_urls")),
+    path("dashboard/", include("usage.urls")),
+    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("", RedirectView.as_view(pattern_name="usage:dashboard", permanent=False)),
+]

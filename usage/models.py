@@ -1,0 +1,160 @@
+"""Prices, one record per authenticated request, and the per-day rollup the reports read."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import models
+
+from keys.models import MONEY, ApiKey
+
+PRICE = {"max_digits": 16, "decimal_places": 6, "null": True, "blank": True}
+
+# Columns of the shipped price file (USD per 1M tokens) that are prices, in file order.
+PRICE_COLUMNS = (
+    "input_per_1m",
+    "cached_input_per_1m",
+    "cache_write_per_1m",
+    "output_per_1m",
+    "batch_input_per_1m",
+    "batch_cached_input_per_1m",
+    "batch_output_per_1m",
+    "flex_input_per_1m",
+    "flex_cached_input_per_1m",
+    "flex_output_per_1m",
+    "priority_input_per_1m",
+    "priority_cached_input_per_1m",
+    "priority_output_per_1m",
+    "gt272k_input_per_1m",
+    "gt272k_cached_input_per_1m",
+    "gt272k_output_per_1m",
+    "audio_input_per_1m",
+    "audio_output_per_1m",
+    "audio_cached_input_per_1m",
+)
+
+# A price row valid since the beginning: what the shipped file is loaded with.
+ALWAYS = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+class ModelPrice(models.Model):
+    """OpenAI's price of one model, in USD per 1M tokens, from `effective_from` on.
+
+    A change of price adds a row instead of editing one, so records keep the price they were
+    made at and a report can say which price applied when.
+    """
+
+    model = models.CharField(max_length=120)
+    effective_from = models.DateTimeField(default=ALWAYS)
+    mode = models.CharField(max_length=32, blank=True)
+    input_per_1m = models.DecimalField("input", **PRICE)
+    cached_input_per_1m = models.DecimalField("cached input", **PRICE)
+    cache_write_per_1m = models.DecimalField("cache write", **PRICE)
+    output_per_1m = models.DecimalField("output", **PRICE)
+    batch_input_per_1m = models.DecimalField("batch input", **PRICE)
+    batch_cached_input_per_1m = models.DecimalField("batch cached input", **PRICE)
+    batch_output_per_1m = models.DecimalField("batch output", **PRICE)
+    flex_input_per_1m = models.DecimalField("flex input", **PRICE)
+    flex_cached_input_per_1m = models.DecimalField("flex cached input", **PRICE)
+    flex_output_per_1m = models.DecimalField("flex output", **PRICE)
+    priority_input_per_1m = models.DecimalField("priority input", **PRICE)
+    priority_cached_input_per_1m = models.DecimalField("priority cached input", **PRICE)
+    priority_output_per_1m = models.DecimalField("priority output", **PRICE)
+    gt272k_input_per_1m = models.DecimalField("input over 272k", **PRICE)
+    gt272k_cached_input_per_1m = models.DecimalField("cached input over 272k", **PRICE)
+    gt272k_output_per_1m = models.DecimalField("output over 272k", **PRICE)
+    audio_input_per_1m = models.DecimalField("audio input", **PRICE)
+    audio_output_per_1m = models.DecimalField("audio output", **PRICE)
+    audio_cached_input_per_1m = models.DecimalField("audio cached input", **PRICE)
+    deprecation_date = models.DateField(null=True, blank=True)
+    max_input_tokens = models.PositiveIntegerField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["model", "-effective_from"]
+        constraints = [
+            models.UniqueConstraint(fields=["model", "effective_from"], name="one_price_per_date")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model} (from {self.effective_from:%Y-%m-%d})"
+
+
+class UsageRecord(models.Model):
+    """One request that passed authentication, whatever became of it."""
+
+    created_at = models.DateTimeField(db_index=True)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE)
+    api_key = models.ForeignKey(ApiKey, null=True, on_delete=models.SET_NULL)
+    key_prefix = models.CharField(max_length=24)
+    endpoint = models.CharField(max_length=64)
+    model = models.CharField("requested model", max_length=120, blank=True)
+    response_model = models.CharField(max_length=120, blank=True)
+    service_tier = models.CharField(max_length=16, blank=True)
+    status_code = models.PositiveSmallIntegerField()
+    error_code = models.CharField(max_length=64, blank=True)
+    stream = models.BooleanField(default=False)
+    prompt_tokens = models.PositiveIntegerField(default=0)
+    cached_tokens = models.PositiveIntegerField(default=0)
+    cache_write_tokens = models.PositiveIntegerField(default=0)
+    completion_tokens = models.PositiveIntegerField(default=0)
+    reasoning_tokens = models.PositiveIntegerField(default=0)
+    audio_input_tokens = models.PositiveIntegerField(default=0)
+    audio_output_tokens = models.PositiveIntegerField(default=0)
+    cost_usd = models.DecimalField(
+        null=True, blank=True, help_text="Empty when the model has no price.", **MONEY
+    )
+    estimated = models.BooleanField(
+        default=False, help_text="Tokens counted by the proxy because upstream sent no usage."
+    )
+    client_disconnected = models.BooleanField(default=False)
+    latency_ms = models.PositiveIntegerField(null=True, blank=True)
+    ttfb_ms = models.PositiveIntegerField("time to first byte (ms)", null=True, blank=True)
+    upstream_request_id = models.CharField(max_length=128, blank=True)
+    response_id = models.CharField(
+        max_length=128, blank=True, db_index=True,
+        help_text="Responses API id, so only its owner may read or continue it.",
+    )
+    request_body = models.TextField(blank=True)
+    response_body = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["user", "-created_at"]),
+            models.Index(fields=["api_key", "-created_at"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.endpoint} {self.model} {self.status_code}"
+
+    @property
+    def priced(self) -> bool:
+        return self.cost_usd is not None
+
+
+class UsageDaily(models.Model):
+    """Per user × key × model × UTC day totals, updated in the transaction that adds a record."""
+
+    day = models.DateField()
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE)
+    api_key = models.ForeignKey(ApiKey, null=True, on_delete=models.SET_NULL)
+    model = models.CharField(max_length=120, blank=True)
+    requests = models.BigIntegerField(default=0)
+    errors = models.BigIntegerField(default=0)
+    prompt_tokens = models.BigIntegerField(default=0)
+    cached_tokens = models.BigIntegerField(default=0)
+    completion_tokens = models.BigIntegerField(default=0)
+    reasoning_tokens = models.BigIntegerField(default=0)
+    cost_usd = models.DecimalField(default=Decimal(0), **MONEY)
+    unpriced_requests = models.BigIntegerField(default=0)
+
+    class Meta:
+        verbose_name_plural = "usage by day"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["day", "user", "api_key", "model"], name="one_rollup_per_day_key_model"
+            )
+        ]
+        indexes = [models.Index(fields=["user", "day"]), models.Index(fields=["day"])]

@@ -1,0 +1,116 @@
+"""Writes of prices and usage records."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime as dt
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from keys.services import Reservation, quota_settle
+from usage.models import PRICE_COLUMNS, ModelPrice, UsageDaily, UsageRecord
+from usage.pricing import price_book_reset
+
+SHIPPED_PRICES = Path(__file__).resolve().parent / "data" / "openai_prices.csv"
+
+
+@dataclasses.dataclass
+class PriceLoadResult:
+    created: int = 0
+    unchanged: int = 0
+    changed: int = 0
+
+
+def _decimal(text: str | None) -> Decimal | None:
+    text = (text or "").strip()
+    if not text:
+        return None
+    try:
+        return Decimal(text)
+    except InvalidOperation:
+        raise ValueError(f"not a price: {text!r}") from None
+
+
+@transaction.atomic
+def prices_load(*, path: Path = SHIPPED_PRICES, effective_from: dt.datetime | None = None) -> PriceLoadResult:
+    """Load a price file (the shipped one by default). A model whose price differs from the
+    one in force gets a new row from `effective_from` (now by default), so past records keep
+    the price they were billed at; a model seen for the first time is priced from always."""
+    from usage.models import ALWAYS
+
+    when = effective_from or timezone.now()
+    result = PriceLoadResult()
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        if "model" not in (reader.fieldnames or []) or "input_per_1m" not in (reader.fieldnames or []):
+            raise ValueError(f"{path}: needs at least the columns model and input_per_1m")
+        for line in reader:
+            model = (line.get("model") or "").strip()
+            if not model:
+                continue
+            rates = {c: _decimal(line.get(c)) for c in PRICE_COLUMNS if c in line}
+            extra = {
+                "mode": (line.get("mode") or "").strip(),
+                "deprecation_date": (line.get("deprecation_date") or "").strip() or None,
+                "max_input_tokens": int(line["max_input_tokens"]) if (line.get("max_input_tokens") or "").strip() else None,
+            }
+            current = (
+                ModelPrice.objects.filter(model=model, effective_from__lte=when)
+                .order_by("-effective_from")
+                .first()
+            )
+            if current is None:
+                ModelPrice.objects.create(model=model, effective_from=ALWAYS, **rates, **extra)
+                result.created += 1
+            elif all(getattr(current, c) == v for c, v in rates.items()):
+                result.unchanged += 1
+            else:
+                ModelPrice.objects.update_or_create(
+                    model=model, effective_from=when, defaults={**rates, **extra}
+                )
+                result.changed += 1
+    price_book_reset()
+    return result
+
+
+@transaction.atomic
+def usage_record_create(
+    *, reservation: Reservation | None, record: UsageRecord
+) -> UsageRecord:
+    """Save a request's record, settle its reservation and add it to the day's rollup, in one
+    transaction: the ledger's spend, the records and the rollups always agree."""
+    record.save(force_insert=True)
+    if reservation is not None:
+        quota_settle(
+            reservation=reservation,
+            cost=record.cost_usd,
+            tokens=record.prompt_tokens + record.completion_tokens,
+        )
+    model = record.response_model or record.model
+    day = record.created_at.astimezone(dt.UTC).date()
+    deltas = {
+        "requests": 1,
+        "errors": 1 if record.status_code >= 400 else 0,
+        "prompt_tokens": record.prompt_tokens,
+        "cached_tokens": record.cached_tokens,
+        "completion_tokens": record.completion_tokens,
+        "reasoning_tokens": record.reasoning_tokens,
+        "cost_usd": record.cost_usd or Decimal(0),
+        "unpriced_requests": 1 if record.cost_usd is None and record.status_code < 400 else 0,
+    }
+    # UPDATE first, INSERT on a miss: two writers adding to the same day never lose a count,
+    # because the increment happens in the database, not in Python.
+    key = {"day": day, "user_id": record.user_id, "api_key_id": record.api_key_id, "model": model}
+    updated = UsageDaily.objects.filter(**key).update(**{f: F(f) + v for f, v in deltas.items()})
+    if not updated:
+        try:
+            with transaction.atomic():
+                UsageDaily.objects.create(**key, **deltas)
+        except IntegrityError:  # the other writer inserted the day's row first
+            UsageDaily.objects.filter(**key).update(**{f: F(f) + v for f, v in deltas.items()})
+    return record

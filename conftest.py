@@ -1,0 +1,32 @@
+"""Fixtures shared by every app's tests: named actors, as in healthchecks' hc/test.py."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+
+@pytest.fixture
+def staff(django_user_model):
+    """An operator: staff and superuser, password "staff-pass"."""
+    return django_user_model.objects.create_superuser("staff", "staff@example.com", "staff-pass")
+
+
+@pytest.fixture
+def alice_key(db):
+    """Alice, a user with one key and no limits: returns (ApiKey, secret)."""
+    from keys.services import key_issue
+
+    return key_issue(username="alice", name="alice laptop")
+
+
+@pytest.fixture
+def bob_key(db):
+    """Bob, another user, with a $1 total budget: returns (ApiKey, secret)."""
+    from keys.services import key_issue
+
+    return key_issue(username="bob", name="bob ci", budget_usd=Decimal("1"))
+
+
+pytest_plugins = ["tests.servers", "tests.e2e"]

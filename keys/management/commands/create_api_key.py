@@ -1,0 +1,66 @@
+"""manage.py create_api_key USERNAME [limits]: issue a key; the key alone is the last line."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal, InvalidOperation
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.utils.dateparse import parse_datetime
+
+from keys.models import Period
+from keys.services import key_issue
+
+
+def _budget(text: str) -> Decimal:
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise CommandError(f"--budget: not an amount in USD: {text!r}") from None
+    if value < 0:
+        raise CommandError("--budget must not be negative")
+    return value
+
+
+class Command(BaseCommand):
+    help = "Create a proxy key for USERNAME (creating the user if needed) and print it once."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("username")
+        parser.add_argument("--budget", type=_budget, help="budget in USD per period")
+        parser.add_argument("--period", choices=Period.values, default=Period.TOTAL)
+        parser.add_argument("--models", default="", help="comma-separated allow-list (patterns like gpt-4o*)")
+        parser.add_argument("--rpm", type=int)
+        parser.add_argument("--tpm", type=int)
+        parser.add_argument("--max-concurrent", type=int)
+        parser.add_argument("--tokens", type=int, dest="token_limit", help="tokens per period")
+        parser.add_argument("--requests", type=int, dest="request_limit", help="requests per period")
+        parser.add_argument("--expires", help="expiry, ISO 8601 (e.g. 2027-01-31T00:00:00Z)")
+        parser.add_argument("--name", default="")
+
+    def handle(self, *args: object, **options: object) -> None:
+        expires_at = None
+        if options["expires"]:
+            expires_at = parse_datetime(str(options["expires"]))
+            if expires_at is None:
+                raise CommandError(f"--expires: not an ISO 8601 date-time: {options['expires']!r}")
+            if expires_at.tzinfo is None:
+                expires_at = expires_at.replace(tzinfo=dt.UTC)
+        for flag in ("rpm", "tpm", "max_concurrent", "token_limit", "request_limit"):
+            if options[flag] is not None and int(options[flag]) < 1:  # type: ignore[arg-type]
+                raise CommandError(f"--{flag.replace('_', '-')} must be at least 1")
+        api_key, secret = key_issue(
+            username=str(options["username"]),
+            name=str(options["name"]),
+            expires_at=expires_at,
+            budget_usd=options["budget"],
+            period=options["period"],
+            allowed_models=str(options["models"]),
+            rpm=options["rpm"],
+            tpm=options["tpm"],
+            max_concurrent=options["max_concurrent"],
+            token_limit=options["token_limit"],
+            request_limit=options["request_limit"],
+        )
+        self.stderr.write(f"Key {api_key.prefix}… for {api_key.user} — shown once, keep it now:")
+        self.stdout.write(secret)

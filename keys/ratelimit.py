@@ -1,0 +1,204 @@
+"""RPM, TPM and concurrency limits, shared by every server process when Redis is configured.
+
+Fixed one-minute windows: a window's counter is checked and bumped by one Lua script, so the
+check and the increment cannot interleave between processes. Rate limits may admit a request
+or two too many at a window's edge (as healthchecks' TokenBucket knowingly does); budgets,
+which are money, are enforced by the database ledger in keys.services instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+
+from django.conf import settings
+
+from keys.selectors import KeyInfo, LimitSnapshot
+
+WINDOW = 60
+CONCURRENCY_TTL = 900  # a crashed process's in-flight count ages out after this
+
+_ACQUIRE = """
+local tokens = tonumber(ARGV[1])
+local n = tonumber(ARGV[2])
+for i = 0, n - 1 do
+  local rpm, tpm, cc = tonumber(ARGV[3 + i * 3]), tonumber(ARGV[4 + i * 3]), tonumber(ARGV[5 + i * 3])
+  if rpm > 0 and tonumber(redis.call('GET', KEYS[1 + i * 3]) or '0') + 1 > rpm then return {1, i} end
+  if tpm > 0 and tonumber(redis.call('GET', KEYS[2 + i * 3]) or '0') + tokens > tpm then return {2, i} end
+  if cc > 0 and tonumber(redis.call('GET', KEYS[3 + i * 3]) or '0') + 1 > cc then return {3, i} end
+end
+for i = 0, n - 1 do
+  if tonumber(ARGV[3 + i * 3]) > 0 then
+    redis.call('INCR', KEYS[1 + i * 3]); redis.call('EXPIRE', KEYS[1 + i * 3], 120)
+  end
+  if tonumber(ARGV[4 + i * 3]) > 0 then
+    redis.call('INCRBY', KEYS[2 + i * 3], tokens); redis.call('EXPIRE', KEYS[2 + i * 3], 120)
+  end
+  if tonumber(ARGV[5 + i * 3]) > 0 then
+    redis.call('INCR', KEYS[3 + i * 3]); redis.call('EXPIRE', KEYS[3 + i * 3], %d)
+  end
+end
+return {0, 0}
+""" % CONCURRENCY_TTL
+
+_RELEASE = """
+if ARGV[1] == '1' then
+  local left = redis.call('DECR', KEYS[1])
+  if left < 0 then redis.call('SET', KEYS[1], 0) end
+end
+if ARGV[2] == '1' and tonumber(ARGV[3]) ~= 0 and redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('INCRBY', KEYS[2], ARGV[3])
+end
+return 0
+"""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RateLimited:
+    kind: str  # "requests" or "tokens", OpenAI's error type
+    message: str
+    retry_after: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Scope:
+    name: str
+    limits: LimitSnapshot
+    label: str
+
+
+@dataclasses.dataclass(slots=True)
+class RateTicket:
+    """What a granted request holds: counters to give back when it ends."""
+
+    concurrency_keys: list[str]
+    token_keys: list[str]
+    tokens: int
+
+
+def _scopes(key: KeyInfo) -> list[Scope]:
+    scopes = []
+    for name, limits, label in (
+        (f"k{key.id}", key.key_limits, "this key"),
+        (f"u{key.user_id}", key.user_limits, "your account"),
+    ):
+        if limits.rpm or limits.tpm or limits.max_concurrent:
+            scopes.append(Scope(name, limits, label))
+    return scopes
+
+
+def _names(scope: Scope, minute: int) -> tuple[str, str, str]:
+    prefix = "oaiproxy:rl"
+    return (f"{prefix}:{scope.name}:r:{minute}", f"{prefix}:{scope.name}:t:{minute}",
+            f"{prefix}:{scope.name}:c")
+
+
+def _refusal(code: int, scope: Scope, now: float) -> RateLimited:
+    until_next_window = max(1, math.ceil(WINDOW - now % WINDOW))
+    if code == 1:
+        return RateLimited("requests", f"Rate limit reached for {scope.label}: "
+                           f"{scope.limits.rpm} requests per minute.", until_next_window)
+    if code == 2:
+        return RateLimited("tokens", f"Rate limit reached for {scope.label}: "
+                           f"{scope.limits.tpm} tokens per minute.", until_next_window)
+    return RateLimited("requests", f"Too many concurrent requests for {scope.label} "
+                       f"(at most {scope.limits.max_concurrent}).", 1)
+
+
+class _LocalCounters:
+    """One process's counters, for a server run without Redis. The event loop runs one
+    coroutine at a time and nothing here awaits, so check-and-bump is atomic."""
+
+    def __init__(self) -> None:
+        self._values: dict[str, tuple[int, float]] = {}
+
+    def get(self, name: str, now: float) -> int:
+        value, expires = self._values.get(name, (0, 0.0))
+        return value if expires > now else 0
+
+    def add(self, name: str, amount: int, ttl: float, now: float) -> None:
+        self._values[name] = (max(self.get(name, now) + amount, 0), now + ttl)
+        if len(self._values) > 200_000:
+            self._values = {k: v for k, v in self._values.items() if v[1] > now}
+
+
+_local = _LocalCounters()
+_redis = None
+
+
+def _redis_client():  # noqa: ANN202 (redis.asyncio.Redis, imported lazily)
+    global _redis
+    if _redis is None:
+        import redis.asyncio
+
+        _redis = redis.asyncio.from_url(settings.CACHE_URL)
+        _redis.acquire_script = _redis.register_script(_ACQUIRE)
+        _redis.release_script = _redis.register_script(_RELEASE)
+    return _redis
+
+
+def uses_redis() -> bool:
+    return settings.CACHE_URL.startswith(("redis://", "rediss://", "unix://"))
+
+
+async def rate_acquire(key: KeyInfo, *, tokens: int) -> RateTicket | RateLimited:
+    scopes = _scopes(key)
+    if not scopes:
+        return RateTicket([], [], tokens)
+    now = time.time()
+    minute = int(now // WINDOW)
+    names = [_names(scope, minute) for scope in scopes]
+    ticket = RateTicket(
+        concurrency_keys=[n[2] for s, n in zip(scopes, names, strict=True) if s.limits.max_concurrent],
+        token_keys=[n[1] for s, n in zip(scopes, names, strict=True) if s.limits.tpm],
+        tokens=tokens,
+    )
+    if uses_redis():
+        client = _redis_client()
+        argv: list[int] = [tokens, len(scopes)]
+        for scope in scopes:
+            argv += [scope.limits.rpm or 0, scope.limits.tpm or 0, scope.limits.max_concurrent or 0]
+        code, index = await client.acquire_script(keys=[k for n in names for k in n], args=argv)
+        if code:
+            return _refusal(int(code), scopes[int(index)], now)
+        return ticket
+    for scope, (rpm_key, tpm_key, cc_key) in zip(scopes, names, strict=True):
+        limits = scope.limits
+        if limits.rpm and _local.get(rpm_key, now) + 1 > limits.rpm:
+            return _refusal(1, scope, now)
+        if limits.tpm and _local.get(tpm_key, now) + tokens > limits.tpm:
+            return _refusal(2, scope, now)
+        if limits.max_concurrent and _local.get(cc_key, now) + 1 > limits.max_concurrent:
+            return _refusal(3, scope, now)
+    for scope, (rpm_key, tpm_key, cc_key) in zip(scopes, names, strict=True):
+        if scope.limits.rpm:
+            _local.add(rpm_key, 1, 120, now)
+        if scope.limits.tpm:
+            _local.add(tpm_key, tokens, 120, now)
+        if scope.limits.max_concurrent:
+            _local.add(cc_key, 1, CONCURRENCY_TTL, now)
+    return ticket
+
+
+async def rate_release(ticket: RateTicket, *, actual_tokens: int) -> None:
+    """End a request: free its concurrency slot and correct the minute's token count."""
+    if not ticket.concurrency_keys and not ticket.token_keys:
+        return
+    delta = actual_tokens - ticket.tokens
+    if uses_redis():
+        client = _redis_client()
+        for i in range(max(len(ticket.concurrency_keys), len(ticket.token_keys))):
+            cc = ticket.concurrency_keys[i] if i < len(ticket.concurrency_keys) else ""
+            tk = ticket.token_keys[i] if i < len(ticket.token_keys) else ""
+            await client.release_script(
+                keys=[cc or "oaiproxy:rl:none", tk or "oaiproxy:rl:none"],
+                args=["1" if cc else "0", "1" if tk else "0", delta],
+            )
+        return
+    now = time.time()
+    for name in ticket.concurrency_keys:
+        _local.add(name, -1, CONCURRENCY_TTL, now)
+    for name in ticket.token_keys:
+        if _local.get(name, now):
+            _local.add(name, delta, 120, now)

@@ -1,0 +1,55 @@
+"""The proxy's own errors, in OpenAI's shape, so every SDK raises the right exception class."""
+
+from __future__ import annotations
+
+import orjson
+from django.http import HttpResponse
+
+
+def openai_error(
+    status: int,
+    message: str,
+    *,
+    type: str = "invalid_request_error",  # noqa: A002 (OpenAI's field name)
+    code: str | None = None,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> HttpResponse:
+    body = {"error": {"message": message, "type": type, "param": param, "code": code}}
+    response = HttpResponse(orjson.dumps(body), status=status, content_type="application/json")
+    for name, value in (headers or {}).items():
+        response[name] = value
+    return response
+
+
+def invalid_api_key(message: str = "Incorrect API key provided.") -> HttpResponse:
+    return openai_error(401, message, code="invalid_api_key")
+
+
+def insufficient_quota(message: str, headers: dict[str, str] | None = None) -> HttpResponse:
+    # x-should-retry: false stops the SDK from retrying a quota 429 twice for nothing.
+    return openai_error(
+        429,
+        message,
+        type="insufficient_quota",
+        code="insufficient_quota",
+        headers={"x-should-retry": "false", **(headers or {})},
+    )
+
+
+def rate_limited(message: str, *, kind: str, retry_after: int) -> HttpResponse:
+    return openai_error(
+        429,
+        message,
+        type=kind,
+        code="rate_limit_exceeded",
+        headers={"retry-after": str(retry_after), "retry-after-ms": str(retry_after * 1000)},
+    )
+
+
+def not_found(path: str) -> HttpResponse:
+    return openai_error(
+        404,
+        f"Invalid URL (/v1/{path}): this proxy does not serve it.",
+        code="unknown_url",
+    )

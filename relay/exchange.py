@@ -1,0 +1,168 @@
+"""One relayed request's bookkeeping: what it asked, what it was granted, what it cost.
+
+An `Exchange` is made as soon as a key is recognised and is finished exactly once, whatever
+happens next (refusal, upstream error, client gone), which is what guarantees one usage
+record per authenticated request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from decimal import Decimal
+from typing import Any
+
+import orjson
+from django.conf import settings
+
+from keys.ratelimit import RateTicket, rate_release
+from keys.selectors import KeyInfo
+from keys.services import Reservation
+from relay import recording
+from relay.tokens import count_text
+from usage.models import UsageRecord
+from usage.pricing import PriceBook, TokenUsage
+
+log = logging.getLogger(__name__)
+REDACTED = "[redacted]"
+FREE_TIERS = ("", "default", "auto", "standard")
+
+
+def redact(value: Any, fields: set[str]) -> Any:
+    if isinstance(value, dict):
+        return {k: (REDACTED if k in fields else redact(v, fields)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v, fields) for v in value]
+    return value
+
+
+def capped(text: str) -> str:
+    limit = settings.USAGE_BODY_MAX_BYTES
+    encoded = text.encode()
+    if len(encoded) <= limit:
+        return text
+    return encoded[:limit].decode("utf-8", "ignore") + f"… [truncated, {len(encoded)} bytes in all]"
+
+
+class Exchange:
+    def __init__(self, key: KeyInfo, endpoint: str, *, method: str) -> None:
+        self.key = key
+        self.endpoint = endpoint
+        self.method = method
+        self.started = time.perf_counter()
+        self.now = dt.datetime.now(dt.UTC)
+        self.model = ""
+        self.stream = False
+        self.prompt_estimate = 0
+        self.reservation: Reservation | None = None
+        self.ticket: RateTicket | None = None
+        self.ttfb_ms: int | None = None
+        self.request_body = ""
+        self.log_bodies = key.log_bodies if key.log_bodies is not None else settings.USAGE_LOG_BODIES
+        self.requested_tier = ""
+        self._finished = False
+
+    # -- inputs ------------------------------------------------------------------------------
+    def keep_request_body(self, body: object) -> None:
+        if not self.log_bodies:
+            return
+        fields = set(settings.USAGE_REDACT_FIELDS)
+        if fields:
+            body = redact(body, fields)
+        self.request_body = capped(orjson.dumps(body).decode())
+
+    @property
+    def finished(self) -> bool:
+        return self._finished
+
+    def first_byte(self) -> None:
+        if self.ttfb_ms is None:
+            self.ttfb_ms = int((time.perf_counter() - self.started) * 1000)
+
+    # -- the one record ----------------------------------------------------------------------
+    def finish(
+        self,
+        status: int,
+        *,
+        book: PriceBook | None = None,
+        usage: TokenUsage | None = None,
+        estimated_text: str | None = None,
+        response_model: str = "",
+        service_tier: str = "",
+        error_code: str = "",
+        upstream_request_id: str = "",
+        response_id: str = "",
+        response_body: str = "",
+        client_disconnected: bool = False,
+    ) -> None:
+        """Write this request's usage record (later, off the response path). Idempotent."""
+        if self._finished:
+            return
+        self._finished = True
+        estimated = False
+        if usage is None and estimated_text is not None:
+            # Upstream sent no usage (cut stream, client gone): count what was sent and
+            # streamed, and say so on the record.
+            usage = TokenUsage(
+                prompt=self.prompt_estimate,
+                completion=count_text(estimated_text, response_model or self.model),
+            )
+            estimated = True
+        cost: Decimal | None = Decimal(0)
+        tier = service_tier or self.requested_tier
+        if usage is not None and usage.total:
+            price = book.price(response_model or self.model, self.now) if book else None
+            if price is None or not price.is_priced:
+                cost = None  # unpriced: shown as such, never as $0
+            else:
+                cost = price.cost(usage, None if tier in FREE_TIERS else tier)
+        usage = usage or TokenUsage()
+        record = UsageRecord(
+            created_at=self.now,
+            user_id=self.key.user_id,
+            api_key_id=self.key.id,
+            key_prefix=self.key.prefix,
+            endpoint=self.endpoint,
+            model=self.model[:120],
+            response_model=response_model[:120],
+            service_tier=tier[:16],
+            status_code=status,
+            error_code=error_code[:64],
+            stream=self.stream,
+            prompt_tokens=usage.prompt,
+            cached_tokens=usage.cached,
+            cache_write_tokens=usage.cache_write,
+            completion_tokens=usage.completion,
+            reasoning_tokens=usage.reasoning,
+            audio_input_tokens=usage.audio_input,
+            audio_output_tokens=usage.audio_output,
+            cost_usd=cost,
+            estimated=estimated,
+            client_disconnected=client_disconnected,
+            latency_ms=int((time.perf_counter() - self.started) * 1000),
+            ttfb_ms=self.ttfb_ms,
+            upstream_request_id=upstream_request_id[:128],
+            response_id=response_id[:128],
+            request_body=self.request_body,
+            response_body=capped(response_body) if self.log_bodies and response_body else "",
+        )
+        if self.ticket is not None:
+            _release_later(self.ticket, usage.total)
+        recording.record_later(self.reservation, record)
+
+
+_releases: set[asyncio.Task] = set()
+
+
+def _release_later(ticket: RateTicket, tokens: int) -> None:
+    async def release() -> None:
+        try:
+            await rate_release(ticket, actual_tokens=tokens)
+        except Exception:
+            log.exception("rate limit counters could not be released")
+
+    task = asyncio.get_running_loop().create_task(release())
+    _releases.add(task)
+    task.add_done_callback(_releases.discard)

@@ -1,0 +1,89 @@
+"""manage.py serve: the production ASGI server (uvicorn with uvloop and httptools).
+
+Also takes the original Flask proxy's flags and maps them onto this project's settings, so
+an existing start script keeps working:
+  -p PORT  -t DB_TYPE  -m DB_MODULE  -u DB_USERNAME  -w DB_PASSWORD  -b DB_HOST  -d DB_NAME
+  -a API_KEY  -n ADMIN  -s ADMIN_PASS
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from urllib.parse import quote
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+DB_SCHEMES = {
+    "postgres": "postgres", "postgresql": "postgres", "pgsql": "postgres", "psql": "postgres",
+    "mysql": "mysql", "mariadb": "mysql", "sqlite": "sqlite", "sqlite3": "sqlite",
+}
+
+
+def database_url(kind: str, user: str, password: str, host: str, name: str) -> str:
+    scheme = DB_SCHEMES.get(kind.lower())
+    if scheme is None:
+        raise CommandError(f"-t {kind}: unknown database type (use postgresql, mysql or sqlite)")
+    if scheme == "sqlite":
+        return f"sqlite:///{name or 'db.sqlite3'}"
+    credentials = quote(user, safe="") + (f":{quote(password, safe='')}" if password else "")
+    return f"{scheme}://{credentials}{'@' if credentials else ''}{host or '127.0.0.1'}/{name}"
+
+
+class Command(BaseCommand):
+    help = "Serve the proxy (ASGI, uvicorn + uvloop + httptools) on 0.0.0.0:$PORT."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("-p", "--port", type=int, default=None, help="port (default $PORT or 8000)")
+        parser.add_argument("--host", default="0.0.0.0")  # noqa: S104 (a server listens)
+        parser.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "1")))
+        parser.add_argument("-t", "--db-type", default=None)
+        parser.add_argument("-m", "--db-module", default=None, help="accepted for compatibility; the driver follows -t")
+        parser.add_argument("-u", "--db-username", default="")
+        parser.add_argument("-w", "--db-password", default="")
+        parser.add_argument("-b", "--db-host", default="")
+        parser.add_argument("-d", "--db-name", default="")
+        parser.add_argument("-a", "--api-key", default=None, help="the upstream OpenAI key")
+        parser.add_argument("-n", "--admin", default=None, help="admin username")
+        parser.add_argument("-s", "--admin-pass", default=None, help="admin password")
+        parser.add_argument("--log-level", default="warning")
+
+    def handle(self, *args: object, **options: object) -> None:
+        env = dict(os.environ)
+        setup_needed = False
+        if options["db_type"]:
+            env["DATABASE_URL"] = database_url(
+                str(options["db_type"]), str(options["db_username"]), str(options["db_password"]),
+                str(options["db_host"]), str(options["db_name"]),
+            )
+            setup_needed = True
+        if options["api_key"]:
+            env["OPENAI_API_KEY"] = str(options["api_key"])
+        if options["admin"]:
+            env["ADMIN_USERNAME"] = str(options["admin"])
+            setup_needed = True
+        if options["admin_pass"]:
+            env["ADMIN_PASSWORD"] = str(options["admin_pass"])
+            setup_needed = True
+        port = options["port"] or int(env.get("PORT") or settings.PORT)
+        env["PORT"] = str(port)
+        if setup_needed:
+            # The original proxy created its tables and admin at start; do the same when its
+            # flags name a database or an admin.
+            manage = [sys.executable, str(settings.BASE_DIR / "manage.py")]
+            for command in (["migrate", "--noinput"], ["ensure_admin"]):
+                subprocess.run([*manage, *command], env=env, check=True)  # noqa: S603
+        self.stderr.write(f"serving on http://{options['host']}:{port} (workers: {options['workers']})")
+        argv = [
+            sys.executable, "-m", "uvicorn", "proxyserver.asgi:application",
+            "--host", str(options["host"]), "--port", str(port),
+            "--workers", str(options["workers"]),
+            "--loop", "uvloop", "--http", "httptools", "--lifespan", "on",
+            "--no-access-log", "--log-level", str(options["log_level"]),
+            "--timeout-graceful-shutdown", "30", "--backlog", "4096",
+        ]
+        # exec, so the server reads the mapped settings fresh and gets our signals directly.
+        os.chdir(settings.BASE_DIR)
+        os.execvpe(sys.executable, argv, env)  # noqa: S606

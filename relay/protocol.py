@@ -1,0 +1,232 @@
+"""What the relay reads in OpenAI's responses: usage blocks, SSE events, streamed text.
+
+Parsing is defensive: a missing or odd field means 0 tokens, never an exception, because a
+response we fail to understand must still be relayed and recorded.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from usage.pricing import TokenUsage
+
+
+def _int(value: object) -> int:
+    return value if isinstance(value, int) and value > 0 else 0
+
+
+def _dict(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def chat_usage(usage: object) -> TokenUsage | None:
+    """Chat, legacy completions and embeddings usage (`prompt_tokens` style)."""
+    if not isinstance(usage, dict):
+        return None
+    prompt_details = _dict(usage.get("prompt_tokens_details"))
+    completion_details = _dict(usage.get("completion_tokens_details"))
+    return TokenUsage(
+        prompt=_int(usage.get("prompt_tokens")),
+        cached=_int(prompt_details.get("cached_tokens")),
+        cache_write=_int(prompt_details.get("cache_write_tokens")),
+        audio_input=_int(prompt_details.get("audio_tokens")),
+        completion=_int(usage.get("completion_tokens")),
+        reasoning=_int(completion_details.get("reasoning_tokens")),
+        audio_output=_int(completion_details.get("audio_tokens")),
+    )
+
+
+def responses_usage(usage: object) -> TokenUsage | None:
+    """Responses API usage (`input_tokens` style)."""
+    if not isinstance(usage, dict):
+        return None
+    input_details = _dict(usage.get("input_tokens_details"))
+    output_details = _dict(usage.get("output_tokens_details"))
+    return TokenUsage(
+        prompt=_int(usage.get("input_tokens")),
+        cached=_int(input_details.get("cached_tokens")),
+        cache_write=_int(input_details.get("cache_write_tokens")),
+        audio_input=_int(input_details.get("audio_tokens")),
+        completion=_int(usage.get("output_tokens")),
+        reasoning=_int(output_details.get("reasoning_tokens")),
+        audio_output=_int(output_details.get("audio_tokens")),
+    )
+
+
+def loads(data: bytes) -> Any:
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+
+
+class SSEBuffer:
+    """Cuts a byte stream into whole SSE events (each ending with its blank line)."""
+
+    def __init__(self) -> None:
+        self._pending = b""
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        data = self._pending + chunk
+        events = []
+        while True:
+            cut = data.find(b"\n\n")
+            cut_crlf = data.find(b"\r\n\r\n")
+            if cut_crlf != -1 and (cut == -1 or cut_crlf < cut):
+                end = cut_crlf + 4
+            elif cut != -1:
+                end = cut + 2
+            else:
+                break
+            events.append(data[:end])
+            data = data[end:]
+        self._pending = data
+        return events
+
+    def rest(self) -> bytes:
+        rest, self._pending = self._pending, b""
+        return rest
+
+
+def event_fields(event: bytes) -> tuple[str, bytes]:
+    """(event name, data) of one SSE event; multi-line data joined by newlines."""
+    name = ""
+    data: list[bytes] = []
+    for line in event.splitlines():
+        if line.startswith(b"data:"):
+            data.append(line[5:].lstrip(b" ") if line[5:6] == b" " else line[5:])
+        elif line.startswith(b"event:"):
+            name = line[6:].strip().decode("utf-8", "replace")
+    return name, b"\n".join(data)
+
+
+class StreamState:
+    """What one relayed stream has shown so far: usage, model, ids and the text produced."""
+
+    def __init__(self) -> None:
+        self.usage: TokenUsage | None = None
+        self.response_model = ""
+        self.service_tier = ""
+        self.response_id = ""
+        self.finished = False
+        self.error: dict[str, Any] | None = None
+        self._datas: list[bytes] = []
+
+    def text(self) -> str:
+        raise NotImplementedError
+
+
+class ChatStream(StreamState):
+    """`chat/completions` and `completions` streams: `data: {chunk}` lines, then `[DONE]`."""
+
+    def __init__(self, *, client_wants_usage: bool) -> None:
+        super().__init__()
+        self.client_wants_usage = client_wants_usage
+
+    def on_event(self, event: bytes) -> bytes | None:
+        """Return the event to pass on, or None to withhold it."""
+        _, data = event_fields(event)
+        if not data:
+            return event
+        if data.strip() == b"[DONE]":
+            self.finished = True
+            return event
+        if not self.response_model or (b'"usage"' in data and b'"usage":null' not in data):
+            chunk = loads(data)
+            if isinstance(chunk, dict):
+                self.response_model = self.response_model or str(chunk.get("model") or "")
+                self.service_tier = self.service_tier or str(chunk.get("service_tier") or "")
+                usage = chat_usage(chunk.get("usage"))
+                if usage is not None:
+                    self.usage = usage
+                    if chunk.get("choices") == [] and not self.client_wants_usage:
+                        # The usage-only chunk: some clients index choices[0] and break on it.
+                        return None
+                if "error" in chunk:
+                    self.error = _dict(chunk.get("error"))
+        self._datas.append(data)
+        return event
+
+    def text(self) -> str:
+        parts: list[str] = []
+        for data in self._datas:
+            chunk = loads(data)
+            if not isinstance(chunk, dict):
+                continue
+            for choice in chunk.get("choices") or ():
+                if not isinstance(choice, dict):
+                    continue
+                if isinstance(choice.get("text"), str):
+                    parts.append(choice["text"])
+                delta = _dict(choice.get("delta"))
+                for field in ("content", "refusal", "reasoning_content"):
+                    if isinstance(delta.get(field), str):
+                        parts.append(delta[field])
+                for call in delta.get("tool_calls") or ():
+                    function = _dict(_dict(call).get("function"))
+                    for field in ("name", "arguments"):
+                        if isinstance(function.get(field), str):
+                            parts.append(function[field])
+        return "".join(parts)
+
+
+RESPONSES_TERMINAL = ("response.completed", "response.incomplete", "response.failed")
+_TEXT_DELTAS = (
+    "response.output_text.delta",
+    "response.refusal.delta",
+    "response.function_call_arguments.delta",
+    "response.reasoning_summary_text.delta",
+    "response.reasoning_text.delta",
+)
+
+
+class ResponsesStream(StreamState):
+    """Responses API streams: named events; usage is in the terminal event's `response`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.deltas: list[str] = []
+        self.status = ""
+
+    def on_event(self, event: bytes) -> bytes | None:
+        name, data = event_fields(event)
+        if not data:
+            return event
+        payload = None
+        if name in _TEXT_DELTAS or (not name and b'"delta"' in data and b"_text.delta" in data):
+            payload = loads(data)
+            if isinstance(payload, dict) and isinstance(payload.get("delta"), str):
+                self.deltas.append(payload["delta"])
+            return event
+        if name.startswith("response.") and not name.startswith("response.output_") and not name.startswith("response.content_part"):
+            payload = loads(data)
+        elif name == "error" or not name:
+            payload = loads(data)
+        if not isinstance(payload, dict):
+            return event
+        kind = name or str(payload.get("type") or "")
+        response = _dict(payload.get("response"))
+        if response:
+            self.response_id = self.response_id or str(response.get("id") or "")
+            self.response_model = str(response.get("model") or self.response_model)
+            self.service_tier = str(response.get("service_tier") or self.service_tier)
+            self.status = str(response.get("status") or self.status)
+        if kind in RESPONSES_TERMINAL:
+            self.usage = responses_usage(response.get("usage"))
+            self.finished = True
+        elif kind == "error":
+            self.error = payload
+        return event
+
+    def text(self) -> str:
+        return "".join(self.deltas)
+
+
+def response_summary(model: str, text: str, usage: TokenUsage | None) -> str:
+    """What is stored as a streamed response's body: the assembled text, not raw chunks."""
+    body: dict[str, Any] = {"model": model, "output_text": text}
+    if usage is not None:
+        body["usage"] = {"prompt_tokens": usage.prompt, "completion_tokens": usage.completion}
+    return orjson.dumps(body).decode()

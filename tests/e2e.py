@@ -1,0 +1,77 @@
+"""Helpers for end-to-end tests: keys in the committed test database, SDK clients, records."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from decimal import Decimal
+
+import pytest
+
+from tests.servers import FakeOpenAI, ProxyServer
+
+
+def wait_for(predicate: Callable[[], object], *, timeout: float = 10.0, what: str = "condition") -> object:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def records_for(secret: str, count: int, *, timeout: float = 10.0) -> list:
+    """The usage records of a key, once there are `count` of them (they are written just
+    after the response), asserting there are never more."""
+    from keys.models import key_hash
+    from usage.models import UsageRecord
+
+    def ready() -> list | None:
+        rows = list(UsageRecord.objects.filter(api_key__key_hash=key_hash(secret)).order_by("id"))
+        return rows if len(rows) >= count else None
+
+    rows = wait_for(ready, timeout=timeout, what=f"{count} usage records")
+    time.sleep(0.2)  # a duplicate record would show up now
+    rows = list(UsageRecord.objects.filter(api_key__key_hash=key_hash(secret)).order_by("id"))
+    assert len(rows) == count, f"expected exactly {count} records, found {len(rows)}"
+    return rows
+
+
+@dataclasses.dataclass
+class E2E:
+    proxy: ProxyServer
+    upstream: FakeOpenAI
+
+    def key(self, username: str = "alice", **limits: object) -> str:
+        from keys.services import key_issue, user_limit_set
+
+        user_limits = limits.pop("user_limits", None)
+        if "budget_usd" in limits and limits["budget_usd"] is not None:
+            limits["budget_usd"] = Decimal(str(limits["budget_usd"]))
+        api_key, secret = key_issue(username=username, **limits)
+        if user_limits:
+            user_limit_set(user=api_key.user, **user_limits)
+        return secret
+
+    def client(self, secret: str, *, url_form: str = "bearer", **options: object):  # noqa: ANN201
+        from openai import OpenAI
+
+        options.setdefault("max_retries", 0)
+        if url_form == "path":
+            return OpenAI(api_key="ignored", base_url=f"{self.proxy.url}/{secret}/v1", **options)
+        return OpenAI(api_key=secret, base_url=self.proxy.v1, **options)
+
+
+@pytest.fixture
+def e2e(transactional_db, proxy: ProxyServer, fake_openai: FakeOpenAI) -> E2E:  # noqa: ANN001
+    """A proxy process on the test database, prices loaded, a fresh fake upstream."""
+    from usage.models import ModelPrice
+    from usage.services import prices_load
+
+    if not ModelPrice.objects.exists():  # flushed by the previous transactional test
+        prices_load()
+    fake_openai.reset()
+    return E2E(proxy=proxy, upstream=fake_openai)

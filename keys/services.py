@@ -20,9 +20,12 @@ LIMIT_FIELDS = ("budget_usd", "period", "token_limit", "request_limit", "rpm", "
 
 
 class QuotaExceeded(Exception):
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, in_flight: bool = False) -> None:
         super().__init__(message)
         self.message = message
+        # True when the request would fit beside what is spent but not beside what other
+        # requests hold reserved: worth asking again once they settle.
+        self.in_flight = in_flight
 
 
 class KeyInactive(Exception):
@@ -204,11 +207,16 @@ def _refusal(scope: str, limits: LimitSnapshot, owner_id: int, now: dt.datetime,
     if (ledger is not None and limits.token_limit is not None
             and ledger.tokens + ledger.reserved_tokens + tokens > limits.token_limit):
         return QuotaExceeded(
-            f"The token limit of {whose}{span} ({limits.token_limit}) does not cover this request."
+            f"The token limit of {whose}{span} ({limits.token_limit}) does not cover this request.",
+            in_flight=ledger.reserved_tokens > 0 and ledger.tokens + tokens <= limits.token_limit,
         )
+    in_flight = ledger is not None and ledger.reserved_usd > 0 and (
+        limits.budget_usd is None or ledger.spent_usd + cost <= limits.budget_usd
+    )
     return QuotaExceeded(
         f"The budget of {whose}{span} (${limits.budget_usd}) does not cover this request "
-        f"(up to ${cost.quantize(Decimal('0.000001'))}). Check your usage at /v1/proxy/me."
+        f"(up to ${cost.quantize(Decimal('0.000001'))}). Check your usage at /v1/proxy/me.",
+        in_flight=in_flight,
     )
 
 

@@ -19,6 +19,7 @@ from usage.services import usage_record_create
 
 log = logging.getLogger(__name__)
 _tasks: set[asyncio.Task] = set()
+_by_key: dict[int | None, set[asyncio.Task]] = {}
 
 
 def _write(reservation: Reservation | None, record: UsageRecord) -> None:
@@ -49,6 +50,28 @@ def record_later(reservation: Reservation | None, record: UsageRecord) -> None:
     task = asyncio.get_running_loop().create_task(_run(reservation, record))
     _tasks.add(task)
     task.add_done_callback(_tasks.discard)
+    if reservation is not None:
+        by_key = _by_key.setdefault(record.api_key_id, set())
+        by_key.add(task)
+        task.add_done_callback(lambda t: _forget(record.api_key_id, t))
+
+
+def _forget(key_id: int | None, task: asyncio.Task) -> None:
+    tasks = _by_key.get(key_id)
+    if tasks is not None:
+        tasks.discard(task)
+        if not tasks:
+            del _by_key[key_id]
+
+
+async def settled(key_id: int, *, timeout: float) -> bool:
+    """Wait until this process has written the records (and so settled the reservations) it
+    holds for a key. False if there were none to wait for."""
+    tasks = list(_by_key.get(key_id, ()))
+    if not tasks:
+        return False
+    await asyncio.wait(tasks, timeout=timeout)
+    return True
 
 
 def pending() -> int:

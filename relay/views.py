@@ -28,7 +28,7 @@ from keys.models import period_end
 from keys.ratelimit import RateLimited, rate_acquire, uses_redis
 from keys.selectors import KeyInfo, akey_info_for_secret, ledger_for
 from keys.services import KeyInactive, LedgerState, QuotaExceeded, Reservation, quota_reserve
-from relay import errors, upstream
+from relay import errors, recording, upstream
 from relay.exchange import Exchange
 from relay.protocol import (
     ChatStream,
@@ -60,6 +60,8 @@ _RESPONSE_PATH = re.compile(r"responses/(resp_[A-Za-z0-9_\-]+)(/input_items)?")
 _INLINE_TOKENISE_BYTES = 32 * 1024
 
 _reserve = sync_to_async(quota_reserve, thread_sensitive=False)
+# Times a reservation refused only because of other requests' reservations is tried again.
+_SETTLE_RETRIES = 3
 
 
 def _secret(request: HttpRequest, url_key: str | None) -> str:
@@ -168,7 +170,18 @@ async def _grant(ex: Exchange, *, cost: Decimal, tokens: int, rate_tokens: int) 
         )
     ex.ticket = ticket
     try:
-        ex.reservation = await _reserve(key=ex.key, cost=cost, tokens=tokens, now=ex.now)
+        for attempt in range(_SETTLE_RETRIES + 1):
+            try:
+                ex.reservation = await _reserve(key=ex.key, cost=cost, tokens=tokens, now=ex.now)
+                break
+            except QuotaExceeded as exc:
+                if not exc.in_flight or attempt == _SETTLE_RETRIES:
+                    raise
+                # It fits beside what is spent, not beside what is still reserved: a client
+                # sending one request after another may be ahead of the previous record's
+                # write. Wait for this process's pending writes, or briefly for another's.
+                if not await recording.settled(ex.key.id, timeout=0.5):
+                    await asyncio.sleep(0.02 * 2**attempt)
     except QuotaExceeded as exc:
         return await _refuse(ex, errors.insufficient_quota(exc.message), "insufficient_quota")
     except KeyInactive:

@@ -1,25 +1,104 @@
-"""The ASGI application, with the startup and shutdown the relay needs.
+"""The ASGI application: the relay on a lean handler, everything else on Django's full stack.
 
-Django's handler does not speak the ASGI lifespan protocol, so a thin wrapper does: at
-startup the tiktoken encodings are unpacked, at shutdown pending usage records are written
-and the upstream connection pool is closed.
+Django wraps each sync middleware method in `sync_to_async` under ASGI, a thread hop each:
+the session, auth, CSRF and messages middleware cost the relay several milliseconds a
+request and give it nothing (it authenticates by proxy key). So `/v1/...` and the original
+`/<key>/v1/...` paths go to a handler with no middleware; the admin, API and dashboards keep
+the usual stack. A thin wrapper also speaks the ASGI lifespan protocol, which Django does
+not: at startup the tiktoken encodings are unpacked, at shutdown pending usage records are
+written and the upstream connection pool is closed.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import re
 
-from django.core.asgi import get_asgi_application
+import django
+from django.core.exceptions import RequestAborted
+from django.core.handlers.asgi import ASGIHandler, get_script_prefix
+from django.core.handlers.exception import convert_exception_to_response
+from django.http import HttpResponseBase
+from django.urls import set_script_prefix
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "proxyserver.settings")
+django.setup(set_prefix=False)
 
-django_application = get_asgi_application()
+RELAY_PATH = re.compile(r"^/(?:sk-proxy-[A-Za-z0-9_-]+/)?v1/")
+
+
+class RelayHandler(ASGIHandler):
+    """Django's ASGI handler with no middleware and no thread hop of its own.
+
+    `handle` follows Django 5.2's, less what costs a thread per request: the request_started
+    signal (its receivers reset query logs and close DB connections of the request thread;
+    relay views have none, their queries run in executor threads that keep a connection) and
+    `sync_to_async(response.close)` (our responses hold no file, closing them is instant).
+    """
+
+    def load_middleware(self, is_async: bool = False) -> None:
+        self._view_middleware = []
+        self._template_response_middleware = []
+        self._exception_middleware = []
+        self._middleware_chain = convert_exception_to_response(self._get_response_async)
+
+    async def handle(self, scope: dict, receive, send) -> None:  # noqa: ANN001
+        try:
+            body_file = await self.read_body(receive)
+        except RequestAborted:
+            return
+        set_script_prefix(get_script_prefix(scope))
+        request, error_response = self.create_request(scope, body_file)
+        if request is None:
+            body_file.close()
+            await self.send_response(error_response, send)
+            error_response.close()
+            return
+
+        async def process_request() -> HttpResponseBase:
+            response = await self.run_get_response(request)
+            try:
+                await self.send_response(response, send)
+            except asyncio.CancelledError:
+                pass  # the client left while we were sending
+            return response
+
+        # As Django does: a client that disconnects cancels the view (a relayed stream then
+        # closes its upstream connection and is recorded as such).
+        tasks = [
+            asyncio.create_task(self.listen_for_disconnect(receive)),
+            asyncio.create_task(process_request()),
+        ]
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in tasks:
+            if task.done():
+                with contextlib.suppress(RequestAborted):
+                    task.result()
+            else:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        with contextlib.suppress(asyncio.CancelledError):
+            tasks[1].result().close()
+        body_file.close()
+
+
+django_application = ASGIHandler()
+relay_application = RelayHandler()
 
 
 async def application(scope: dict, receive, send) -> None:  # noqa: ANN001 (ASGI callables)
-    if scope["type"] != "lifespan":
+    if scope["type"] == "http" and RELAY_PATH.match(scope["path"]):
+        await relay_application(scope, receive, send)
+    elif scope["type"] != "lifespan":
         await django_application(scope, receive, send)
-        return
+    else:
+        await _lifespan(receive, send)
+
+
+async def _lifespan(receive, send) -> None:  # noqa: ANN001
     from relay import lifecycle
 
     while True:

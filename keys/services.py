@@ -251,11 +251,12 @@ def quota_settle(*, reservation: Reservation, cost: Decimal | None, tokens: int)
     usage record, so ledger spend and the sum of record costs can never drift apart."""
     table = QuotaLedger._meta.db_table
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {table} SET reserved_usd = reserved_usd - CAST(%s AS NUMERIC),"
-            " spent_usd = spent_usd + CAST(%s AS NUMERIC),"
-            " reserved_tokens = reserved_tokens - %s, tokens = tokens + %s"
-            " WHERE id IN (%s, %s)",
-            [reservation.cost, cost or Decimal(0), reservation.tokens, tokens,
-             reservation.key_ledger_id, reservation.user_ledger_id],
-        )
+        # Key row, then user row: the order quota_reserve locks them in. One UPDATE with
+        # `id IN (…)` locks in scan order, which can deadlock against a reservation.
+        for ledger_id in (reservation.key_ledger_id, reservation.user_ledger_id):
+            cursor.execute(
+                f"UPDATE {table} SET reserved_usd = reserved_usd - CAST(%s AS NUMERIC),"
+                " spent_usd = spent_usd + CAST(%s AS NUMERIC),"
+                " reserved_tokens = reserved_tokens - %s, tokens = tokens + %s WHERE id = %s",
+                [reservation.cost, cost or Decimal(0), reservation.tokens, tokens, ledger_id],
+            )

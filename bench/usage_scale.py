@@ -1,0 +1,395 @@
+"""How fast the dashboards and the usage API answer with a million usage records.
+
+    .venv/bin/python bench/usage_scale.py [--records 1000000] [--database-url URL] [--runs 20]
+
+Works on a scratch database it creates and migrates itself, and drops afterwards (unless
+--keep): a temporary SQLite file by default, or, given --database-url (or DATABASE_URL) of a
+PostgreSQL server, a database named `<that name>_usage_bench` on it; the named database is
+never touched. It fills N records across ~50 users, ~100 keys, 10 models and 90 days with
+bulk inserts, building the UsageDaily rollup alongside exactly as usage_record_create would,
+then times each page warm with Django's test Client and prints p50/p95 in milliseconds.
+Target: p95 under 300 ms for every dashboard page and the summary endpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import itertools
+import math
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from decimal import Decimal
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+# USD per 1M tokens: (input, cached input, output); None is a fine-tune with no price.
+MODELS: dict[str, tuple[Decimal, Decimal, Decimal] | None] = {
+    "gpt-4o": (Decimal("2.50"), Decimal("1.25"), Decimal("10.00")),
+    "gpt-4o-mini": (Decimal("0.15"), Decimal("0.075"), Decimal("0.60")),
+    "gpt-4.1": (Decimal("2.00"), Decimal("0.50"), Decimal("8.00")),
+    "gpt-4.1-mini": (Decimal("0.40"), Decimal("0.10"), Decimal("1.60")),
+    "gpt-4.1-nano": (Decimal("0.10"), Decimal("0.025"), Decimal("0.40")),
+    "o3-mini": (Decimal("1.10"), Decimal("0.55"), Decimal("4.40")),
+    "o4-mini": (Decimal("1.10"), Decimal("0.275"), Decimal("4.40")),
+    "text-embedding-3-small": (Decimal("0.02"), Decimal("0.02"), Decimal("0")),
+    "text-embedding-3-large": (Decimal("0.13"), Decimal("0.13"), Decimal("0")),
+    "ft:gpt-4o-mini:acme::support": None,
+}
+MODEL_WEIGHTS = (20, 30, 8, 14, 6, 6, 4, 8, 2, 2)
+USERS, KEYS_PER_USER, DAYS = 50, 2, 90
+BATCH = 5000
+# UsageDaily's counters, in the order fill() keeps them.
+ROLLUP = (
+    "requests",
+    "errors",
+    "prompt_tokens",
+    "cached_tokens",
+    "completion_tokens",
+    "reasoning_tokens",
+    "unpriced_requests",
+    "cost_usd",
+)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--records", type=int, default=1_000_000)
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("DATABASE_URL", ""),
+        help="a PostgreSQL server to make the scratch database on (default: temporary SQLite)",
+    )
+    parser.add_argument("--runs", type=int, default=20, help="timed runs per page")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the scratch database (SQLite: bench/results/usage_bench.sqlite3)",
+    )
+    parser.add_argument(
+        "--reuse", action="store_true", help="time a kept scratch database again, without filling"
+    )
+    return parser.parse_args()
+
+
+def setup_django(database_url: str, scratch_dir: str) -> None:
+    """Point the settings at the server (or a temp file) before Django reads them, and name
+    the scratch database so it can never be the configured one or the test suite's."""
+    os.environ["DATABASE_URL"] = database_url or f"sqlite:///{scratch_dir}/configured.sqlite3"
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "proxyserver.settings")
+    import django
+    from django.conf import settings
+
+    database = settings.DATABASES["default"]
+    if database["ENGINE"].endswith("sqlite3"):
+        database["TEST"] = {"NAME": f"{scratch_dir}/usage_bench.sqlite3"}
+    else:
+        database["TEST"] = {"NAME": f"{database['NAME']}_usage_bench"}
+    django.setup()
+
+
+def fill(records: int, seed: int) -> dict[str, object]:
+    """Users, keys, limits, ledger rows, `records` usage records and their rollup."""
+    from django.contrib.auth import get_user_model
+    from django.db import transaction
+    from django.utils import timezone
+
+    from keys.models import ApiKey, Period, QuotaLedger, UserLimit, key_hash, period_start
+    from usage.models import UsageDaily, UsageRecord
+
+    rng = random.Random(seed)
+    user_model = get_user_model()
+    now = timezone.now()
+    user_model.objects.bulk_create(
+        [user_model(username=f"user{n:02d}", password="!") for n in range(USERS)]
+    )
+    users = list(user_model.objects.filter(username__startswith="user").order_by("username"))
+    staff = user_model.objects.create_superuser("bench-staff", "staff@example.com", "x")
+    ApiKey.objects.bulk_create(
+        [
+            ApiKey(
+                user=user,
+                name=f"key {k}",
+                prefix=f"sk-proxy-{u:02d}{k}xyz",
+                key_hash=key_hash(f"bench-{u}-{k}"),
+                budget_usd=Decimal(rng.choice([20, 50, 200])) if k == 0 else None,
+                period=Period.MONTH,
+            )
+            for u, user in enumerate(users)
+            for k in range(KEYS_PER_USER)
+        ]
+    )
+    keys_by_user: dict[int, list[ApiKey]] = {}
+    for key in ApiKey.objects.order_by("id"):
+        keys_by_user.setdefault(key.user_id, []).append(key)
+    UserLimit.objects.bulk_create(
+        [UserLimit(user=u, budget_usd=Decimal(300), period=Period.MONTH) for u in users[::5]]
+    )
+
+    # A few heavy users and a long tail, as on a real gateway; users[0] is the heaviest.
+    user_weights = list(itertools.accumulate(1 / (rank + 1) ** 0.8 for rank in range(USERS)))
+    model_weights = list(itertools.accumulate(MODEL_WEIGHTS))
+    model_names = list(MODELS)
+    month = period_start(Period.MONTH, now)
+    today = now.date()
+    per_day = records // DAYS
+    rollup: dict[tuple[dt.date, int, int, str], list] = {}
+    spend_this_month: dict[int, Decimal] = {}
+    started = time.perf_counter()
+    made = 0
+    batch: list[UsageRecord] = []
+    for d in range(DAYS):
+        day = today - dt.timedelta(days=DAYS - 1 - d)
+        count = per_day if d < DAYS - 1 else records - per_day * (DAYS - 1)
+        seconds = sorted(rng.randrange(86_400) for _ in range(count))
+        midnight = dt.datetime.combine(day, dt.time.min, tzinfo=dt.UTC)
+        for second in seconds:
+            user = rng.choices(users, cum_weights=user_weights)[0]
+            key = rng.choice(keys_by_user[user.pk])
+            model = rng.choices(model_names, cum_weights=model_weights)[0]
+            price = MODELS[model]
+            embedding = model.startswith("text-embedding")
+            status = 200 if rng.random() > 0.04 else rng.choice((400, 429, 500))
+            prompt = rng.randint(50, 6000)
+            cached = prompt // 2 if rng.random() < 0.25 else 0
+            completion = 0 if embedding or status >= 400 else rng.randint(10, 1200)
+            reasoning = completion // 3 if model.startswith("o") else 0
+            if status >= 400 or price is None:
+                cost = None
+            else:
+                cost = (
+                    (prompt - cached) * price[0] + cached * price[1] + completion * price[2]
+                ) / 1_000_000
+            with_body = rng.random() < 0.01
+            batch.append(
+                UsageRecord(
+                    created_at=midnight + dt.timedelta(seconds=second),
+                    user_id=user.pk,
+                    api_key_id=key.pk,
+                    key_prefix=key.prefix,
+                    endpoint="embeddings" if embedding else "chat/completions",
+                    model=model,
+                    response_model=model,
+                    status_code=status,
+                    stream=not embedding and rng.random() < 0.4,
+                    prompt_tokens=prompt,
+                    cached_tokens=cached,
+                    completion_tokens=completion,
+                    reasoning_tokens=reasoning,
+                    cost_usd=cost,
+                    latency_ms=rng.randint(120, 9000),
+                    request_body=f'{{"model": "{model}", "messages": []}}' if with_body else "",
+                    response_body='{"object": "chat.completion"}' if with_body else "",
+                )
+            )
+            # The same rules as usage_record_create, so rollup and records agree.
+            sums = rollup.setdefault((day, user.pk, key.pk, model), [0] * 7 + [Decimal(0)])
+            sums[0] += 1
+            sums[1] += status >= 400
+            sums[2] += prompt
+            sums[3] += cached
+            sums[4] += completion
+            sums[5] += reasoning
+            sums[6] += cost is None and status < 400
+            sums[7] += cost or 0
+            if cost and day >= month.date():
+                spend_this_month[key.pk] = spend_this_month.get(key.pk, Decimal(0)) + cost
+            if len(batch) >= BATCH:
+                with transaction.atomic():
+                    UsageRecord.objects.bulk_create(batch)
+                made += len(batch)
+                batch = []
+        if (d + 1) % 10 == 0:
+            print(f"  filled {d + 1}/{DAYS} days, {made:,} records", file=sys.stderr)
+    if batch:
+        UsageRecord.objects.bulk_create(batch)
+        made += len(batch)
+    UsageDaily.objects.bulk_create(
+        [
+            UsageDaily(
+                day=day,
+                user_id=user_id,
+                api_key_id=key_id,
+                model=model,
+                **dict(zip(ROLLUP, s, strict=True)),
+            )
+            for (day, user_id, key_id, model), s in rollup.items()
+        ],
+        batch_size=BATCH,
+    )
+    QuotaLedger.objects.bulk_create(
+        [
+            QuotaLedger(
+                api_key_id=key_id,
+                period=Period.MONTH,
+                period_start=month,
+                spent_usd=spent,
+                reserved_usd=Decimal("0.05"),
+            )
+            for key_id, spent in spend_this_month.items()
+        ]
+    )
+    return {
+        "staff": staff,
+        "user": users[0],
+        "fill_seconds": time.perf_counter() - started,
+        "rollup_rows": len(rollup),
+    }
+
+
+def check_rollup() -> str:
+    """The rollup must add up to the records, or the dashboards would be fast and wrong."""
+    from django.db.models import Count, Sum
+
+    from usage.models import UsageDaily, UsageRecord
+
+    fields = ("prompt_tokens", "completion_tokens")
+    records = UsageRecord.objects.aggregate(n=Count("id"), **{f: Sum(f) for f in fields})
+    daily = UsageDaily.objects.aggregate(n=Sum("requests"), **{f: Sum(f) for f in fields})
+    return "rollup matches records" if records == daily else f"MISMATCH {records} vs {daily}"
+
+
+def percentile(samples: list[float], pct: float) -> float:
+    ordered = sorted(samples)
+    return ordered[max(0, math.ceil(pct / 100 * len(ordered)) - 1)]
+
+
+def time_pages(actors: dict[str, object], runs: int, warmup: int) -> list[tuple]:
+    from django.test import Client
+    from django.urls import Resolver404, resolve
+    from django.utils import timezone
+
+    from usage.models import UsageRecord
+
+    user, staff = actors["user"], actors["staff"]
+    today = timezone.now().date()
+    last_90 = f"from={today - dt.timedelta(days=89)}&to={today}"
+    last_30 = f"from={today - dt.timedelta(days=29)}&to={today}"
+    record = UsageRecord.objects.filter(user=user).order_by("-created_at", "-id").first()
+    pages = [
+        ("user", "dashboard, user, last 30 days", "/dashboard/"),
+        ("user", "dashboard, user, 90 days", f"/dashboard/?{last_90}"),
+        ("staff", "dashboard, staff (everyone), 30 days", "/dashboard/"),
+        ("staff", "dashboard, staff (everyone), 90 days", f"/dashboard/?{last_90}"),
+        ("staff", "dashboard of a user, opened by staff", f"/dashboard/users/{user.username}/"),
+        ("user", "request detail", f"/dashboard/requests/{record.pk}/"),
+        ("user", "dashboard CSV by model, user", "/dashboard/usage.csv?group_by=model"),
+        ("staff", "dashboard CSV by user, staff", "/dashboard/usage.csv?group_by=user"),
+        ("staff", "API summary group_by=day, staff", "/api/usage/summary/?group_by=day"),
+        ("staff", "API summary group_by=model, staff", "/api/usage/summary/?group_by=model"),
+        ("staff", "API summary day, staff, 30 days", f"/api/usage/summary/?group_by=day&{last_30}"),
+        ("user", "API summary group_by=day, user", "/api/usage/summary/?group_by=day"),
+        ("user", "API summary group_by=model, user", "/api/usage/summary/?group_by=model"),
+        ("staff", "API records, first page, staff", "/api/usage/"),
+        ("user", "API records, first page, user", "/api/usage/"),
+    ]
+    clients = {"user": Client(), "staff": Client()}
+    clients["user"].force_login(user)
+    clients["staff"].force_login(staff)
+    results = []
+    for who, name, url in pages:
+        try:
+            resolve(url.split("?")[0])
+        except Resolver404:
+            results.append((name, url, None, None, "not built yet (URL does not resolve)"))
+            continue
+        client = clients[who]
+        status = client.get(url).status_code
+        for _ in range(warmup - 1):
+            client.get(url)
+        samples = []
+        for _ in range(runs):
+            began = time.perf_counter()
+            client.get(url)
+            samples.append((time.perf_counter() - began) * 1000)
+        results.append((name, url, percentile(samples, 50), percentile(samples, 95), status))
+    return results
+
+
+def kept_actors() -> dict[str, object]:
+    from django.contrib.auth import get_user_model
+
+    users = get_user_model().objects
+    return {"staff": users.get(username="bench-staff"), "user": users.get(username="user00")}
+
+
+def main() -> None:
+    args = parse_args()
+    keep = args.keep or args.reuse
+    if keep:
+        scratch_dir = str(ROOT / "bench" / "results")
+        os.makedirs(scratch_dir, exist_ok=True)
+    else:
+        scratch_dir = tempfile.mkdtemp(prefix="usage-bench-")
+    setup_django(args.database_url, scratch_dir)
+    from django.db import connection
+    from django.urls import get_resolver
+
+    from usage.models import UsageDaily, UsageRecord
+
+    get_resolver().url_patterns  # noqa: B018 (a broken URLconf should fail before the fill)
+    print(f"Creating and migrating a scratch {connection.vendor} database…", file=sys.stderr)
+    old_name = connection.settings_dict["NAME"]
+    connection.creation.create_test_db(
+        verbosity=0, autoclobber=True, serialize=False, keepdb=args.reuse
+    )
+    try:
+        if args.reuse and UsageRecord.objects.exists():
+            actors = {**kept_actors(), "fill_seconds": None}
+        else:
+            actors = fill(args.records, args.seed)
+        with connection.cursor() as cursor:
+            cursor.execute("VACUUM ANALYZE" if connection.vendor == "postgresql" else "ANALYZE")
+        consistency = check_rollup()
+        count = UsageRecord.objects.count()
+        rollup = UsageDaily.objects.count()
+        results = time_pages(actors, args.runs, args.warmup)
+        if connection.vendor == "sqlite":
+            version = connection.Database.sqlite_version
+        else:
+            version = f"{connection.pg_version // 10000}.{connection.pg_version % 10000}"
+    finally:
+        if not keep:
+            connection.creation.destroy_test_db(old_name, verbosity=0)
+            shutil.rmtree(scratch_dir, ignore_errors=True)
+
+    print()
+    kept = f" (kept: {connection.settings_dict['NAME']})" if keep else ""
+    print(f"database: {connection.vendor} {version}{kept}")
+    print(
+        f"records: {count:,}  rollup rows: {rollup:,}  users: {USERS}  keys: "
+        f"{USERS * KEYS_PER_USER}  models: {len(MODELS)}  days: {DAYS}"
+    )
+    filled = "reused" if actors["fill_seconds"] is None else f"{actors['fill_seconds']:.0f} s"
+    print(f"fill: {filled}  check: {consistency}")
+    print(
+        f"timed: {args.runs} warm runs per page after {args.warmup} warm-up; "
+        f"normal user = {actors['user'].username} (the heaviest)"
+    )
+    print()
+    width = max(len(r[0]) for r in results)
+    print(f"{'page':<{width}}  {'p50 ms':>8}  {'p95 ms':>8}  status")
+    print(f"{'-' * width}  {'-' * 8}  {'-' * 8}  ------")
+    slow = []
+    for name, url, p50, p95, status in results:
+        if p50 is None:
+            print(f"{name:<{width}}  {'—':>8}  {'—':>8}  {status}")
+            continue
+        print(f"{name:<{width}}  {p50:8.1f}  {p95:8.1f}  {status}")
+        if (url.startswith("/dashboard/") or "/summary/" in url) and p95 >= 300:
+            slow.append(name)
+    print()
+    verdict = "met" if not slow else f"MISSED by {slow}"
+    print(f"target p95 < 300 ms (dashboards, summary): {verdict}")
+
+
+if __name__ == "__main__":
+    main()

@@ -120,7 +120,8 @@ USE_I18N = False
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+# Only for `collectstatic` behind a separate web server; whitenoise serves from the apps.
+STATIC_ROOT = env.str("STATIC_ROOT", default="") or None
 STATICFILES_DIRS = [BASE_DIR / "static"]
 # Straight from the apps' static folders: `make run` needs no collectstatic step.
 WHITENOISE_USE_FINDERS = True

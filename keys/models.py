@@ -8,6 +8,7 @@ import hashlib
 from decimal import Decimal
 
 from django.conf import settings
+from django.core.validators import MinValueValidator
 from django.db import models
 
 MONEY = {"max_digits": 22, "decimal_places": 12}
@@ -50,7 +51,12 @@ class Limits(models.Model):
     """Limits shared by keys and users; an empty field means no limit of that kind."""
 
     budget_usd = models.DecimalField(
-        "budget (USD)", null=True, blank=True, help_text="Spend allowed per period.", **MONEY
+        "budget (USD)",
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(Decimal(0))],
+        help_text="Spend allowed per period.",
+        **MONEY,
     )
     period = models.CharField(max_length=8, choices=Period.choices, default=Period.TOTAL)
     token_limit = models.PositiveBigIntegerField(

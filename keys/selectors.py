@@ -44,7 +44,7 @@ class LimitSnapshot:
 
     def as_dict(self) -> dict[str, object]:
         return {
-            "budget_usd": None if self.budget_usd is None else str(self.budget_usd.normalize()),
+            "budget_usd": None if self.budget_usd is None else format(self.budget_usd.normalize(), "f"),
             "period": self.period,
             "token_limit": self.token_limit,
             "request_limit": self.request_limit,

@@ -208,9 +208,11 @@ def _refusal(scope: str, limits: LimitSnapshot, owner_id: int, now: dt.datetime,
             and ledger.tokens + ledger.reserved_tokens + tokens > limits.token_limit):
         return QuotaExceeded(
             f"The token limit of {whose}{span} ({limits.token_limit}) does not cover this request.",
-            in_flight=ledger.reserved_tokens > 0 and ledger.tokens + tokens <= limits.token_limit,
+            in_flight=ledger.tokens + tokens <= limits.token_limit,
         )
-    in_flight = ledger is not None and ledger.reserved_usd > 0 and (
+    # Fits beside what is spent: the UPDATE failed on reservations that are settling (or
+    # settled between it and this read), so asking again can succeed.
+    in_flight = ledger is not None and (
         limits.budget_usd is None or ledger.spent_usd + cost <= limits.budget_usd
     )
     return QuotaExceeded(
@@ -247,16 +249,37 @@ def quota_reserve(*, key: KeyInfo, cost: Decimal, tokens: int, now: dt.datetime)
 
 
 def quota_settle(*, reservation: Reservation, cost: Decimal | None, tokens: int) -> None:
-    """Replace the reservation by the real cost; call inside the transaction that writes the
-    usage record, so ledger spend and the sum of record costs can never drift apart."""
+    """Replace one reservation by the real cost (see `quota_settle_many`)."""
+    quota_settle_many(settlements=[(reservation, cost, tokens)])
+
+
+def quota_settle_many(*, settlements: list[tuple[Reservation, Decimal | None, int]]) -> None:
+    """Replace reservations by real costs; call inside the transaction that writes the usage
+    records, so ledger spend and the sum of record costs can never drift apart.
+
+    Rows are locked key ledgers first, then user ledgers, each in id order: a reservation
+    locks its key row then its user row, so neither it nor another writer can ever hold a row
+    this one waits for while waiting for one this one holds (no deadlock).
+    """
+    # ledger id -> [reserved cost, reserved tokens, real cost, real tokens]
+    sums: dict[int, list] = {}
+    key_rows: set[int] = set()
+    for reservation, cost, tokens in settlements:
+        key_rows.add(reservation.key_ledger_id)
+        for ledger_id in (reservation.key_ledger_id, reservation.user_ledger_id):
+            total = sums.setdefault(ledger_id, [Decimal(0), 0, Decimal(0), 0])
+            total[0] += reservation.cost
+            total[1] += reservation.tokens
+            total[2] += cost or Decimal(0)
+            total[3] += tokens
+    order = sorted(key_rows) + sorted(set(sums) - key_rows)
     table = QuotaLedger._meta.db_table
     with connection.cursor() as cursor:
-        # Key row, then user row: the order quota_reserve locks them in. One UPDATE with
-        # `id IN (…)` locks in scan order, which can deadlock against a reservation.
-        for ledger_id in (reservation.key_ledger_id, reservation.user_ledger_id):
+        for ledger_id in order:
+            reserved, reserved_tokens, cost, tokens = sums[ledger_id]
             cursor.execute(
                 f"UPDATE {table} SET reserved_usd = reserved_usd - CAST(%s AS NUMERIC),"
                 " spent_usd = spent_usd + CAST(%s AS NUMERIC),"
                 " reserved_tokens = reserved_tokens - %s, tokens = tokens + %s WHERE id = %s",
-                [reservation.cost, cost or Decimal(0), reservation.tokens, tokens, ledger_id],
+                [reserved, cost, reserved_tokens, tokens, ledger_id],
             )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 
 import pytest
@@ -66,7 +66,7 @@ class E2E:
 
 
 @pytest.fixture
-def e2e(transactional_db, proxy: ProxyServer, fake_openai: FakeOpenAI) -> E2E:  # noqa: ANN001
+def e2e(transactional_db, proxy: ProxyServer, fake_openai: FakeOpenAI) -> Iterator[E2E]:  # noqa: ANN001
     """A proxy process on the test database, prices loaded, a fresh fake upstream."""
     from usage.models import ModelPrice
     from usage.services import prices_load
@@ -74,4 +74,21 @@ def e2e(transactional_db, proxy: ProxyServer, fake_openai: FakeOpenAI) -> E2E:  
     if not ModelPrice.objects.exists():  # flushed by the previous transactional test
         prices_load()
     fake_openai.reset()
-    return E2E(proxy=proxy, upstream=fake_openai)
+    yield E2E(proxy=proxy, upstream=fake_openai)
+    _wait_until_records_settle()
+
+
+def _wait_until_records_settle() -> None:
+    """Let the servers finish writing the test's last records before the database is flushed
+    (a TRUNCATE racing those writes deadlocks on PostgreSQL)."""
+    from usage.models import UsageRecord
+
+    last, stable_since = -1, time.monotonic()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        count = UsageRecord.objects.count()
+        if count != last:
+            last, stable_since = count, time.monotonic()
+        elif time.monotonic() - stable_since > 0.25:
+            return
+        time.sleep(0.05)

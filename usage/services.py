@@ -12,7 +12,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from keys.services import Reservation, quota_settle
+from keys.services import Reservation, quota_settle_many
 from usage.models import PRICE_COLUMNS, ModelPrice, UsageDaily, UsageRecord
 from usage.pricing import price_book_reset
 
@@ -78,22 +78,14 @@ def prices_load(*, path: Path = SHIPPED_PRICES, effective_from: dt.datetime | No
     return result
 
 
-@transaction.atomic
-def usage_record_create(
-    *, reservation: Reservation | None, record: UsageRecord
-) -> UsageRecord:
-    """Save a request's record, settle its reservation and add it to the day's rollup, in one
-    transaction: the ledger's spend, the records and the rollups always agree."""
-    record.save(force_insert=True)
-    if reservation is not None:
-        quota_settle(
-            reservation=reservation,
-            cost=record.cost_usd,
-            tokens=record.prompt_tokens + record.completion_tokens,
-        )
-    model = record.response_model or record.model
-    day = record.created_at.astimezone(dt.UTC).date()
-    deltas = {
+def usage_record_create(*, reservation: Reservation | None, record: UsageRecord) -> UsageRecord:
+    """Save one request's record; see `usage_records_create`."""
+    usage_records_create(items=[(reservation, record)])
+    return record
+
+
+def _rollup_deltas(record: UsageRecord) -> dict[str, int | Decimal]:
+    return {
         "requests": 1,
         "errors": 1 if record.status_code >= 400 else 0,
         "prompt_tokens": record.prompt_tokens,
@@ -103,14 +95,42 @@ def usage_record_create(
         "cost_usd": record.cost_usd or Decimal(0),
         "unpriced_requests": 1 if record.cost_usd is None and record.status_code < 400 else 0,
     }
-    # UPDATE first, INSERT on a miss: two writers adding to the same day never lose a count,
-    # because the increment happens in the database, not in Python.
-    key = {"day": day, "user_id": record.user_id, "api_key_id": record.api_key_id, "model": model}
-    updated = UsageDaily.objects.filter(**key).update(**{f: F(f) + v for f, v in deltas.items()})
-    if not updated:
+
+
+@transaction.atomic
+def usage_records_create(*, items: list[tuple[Reservation | None, UsageRecord]]) -> None:
+    """Save records, settle their reservations and add them to the day's rollups, in one
+    transaction: the ledgers' spend, the records and the rollups always agree.
+
+    The relay hands over whatever records finished since its last write, so under load one
+    transaction carries many records and each ledger and rollup row is touched once.
+    """
+    records = [record for _, record in items]
+    UsageRecord.objects.bulk_create(records)
+    quota_settle_many(
+        settlements=[
+            (reservation, record.cost_usd, record.prompt_tokens + record.completion_tokens)
+            for reservation, record in items
+            if reservation is not None
+        ]
+    )
+    rollups: dict[tuple, dict[str, int | Decimal]] = {}
+    for record in records:
+        key = (record.created_at.astimezone(dt.UTC).date(), record.user_id, record.api_key_id,
+               record.response_model or record.model)
+        total = rollups.setdefault(key, dict.fromkeys(_rollup_deltas(record), 0))
+        for field, value in _rollup_deltas(record).items():
+            total[field] += value
+    # Sorted, so two writers lock the rollup rows they share in the same order.
+    for (day, user_id, api_key_id, model), deltas in sorted(rollups.items(), key=lambda kv: repr(kv[0])):
+        # UPDATE first, INSERT on a miss: concurrent writers never lose a count, because the
+        # increment happens in the database, not in Python.
+        row = {"day": day, "user_id": user_id, "api_key_id": api_key_id, "model": model}
+        increments = {f: F(f) + v for f, v in deltas.items()}
+        if UsageDaily.objects.filter(**row).update(**increments):
+            continue
         try:
             with transaction.atomic():
-                UsageDaily.objects.create(**key, **deltas)
-        except IntegrityError:  # the other writer inserted the day's row first
-            UsageDaily.objects.filter(**key).update(**{f: F(f) + v for f, v in deltas.items()})
-    return record
+                UsageDaily.objects.create(**row, **deltas)
+        except IntegrityError:  # another writer inserted the day's row first
+            UsageDaily.objects.filter(**row).update(**increments)

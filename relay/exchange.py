@@ -11,6 +11,7 @@ import asyncio
 import datetime as dt
 import logging
 import time
+from collections import OrderedDict
 from decimal import Decimal
 from typing import Any
 
@@ -28,6 +29,16 @@ from usage.pricing import PriceBook, TokenUsage
 log = logging.getLogger(__name__)
 REDACTED = "[redacted]"
 FREE_TIERS = ("", "default", "auto", "standard")
+# Responses API ids this process handed out -> user id. Their records are written after the
+# answer has gone, so a client continuing a response at once (`previous_response_id`) or
+# fetching it would otherwise race the write and get a 404 for its own response.
+_recent_responses: OrderedDict[str, int] = OrderedDict()
+_RECENT_RESPONSES_MAX = 10_000
+
+
+def response_owner(response_id: str) -> int | None:
+    """The user who made a response through this process recently, if any."""
+    return _recent_responses.get(response_id)
 
 
 def redact(value: Any, fields: set[str]) -> Any:
@@ -36,6 +47,18 @@ def redact(value: Any, fields: set[str]) -> Any:
     if isinstance(value, list):
         return [redact(v, fields) for v in value]
     return value
+
+
+def redacted_text(text: str) -> str:
+    """A JSON body with the USAGE_REDACT_FIELDS replaced; other text as it is."""
+    fields = set(settings.USAGE_REDACT_FIELDS)
+    if not fields or not any(f'"{field}"' in text for field in fields):
+        return text
+    try:
+        payload = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return text
+    return orjson.dumps(redact(payload, fields)).decode()
 
 
 def capped(text: str) -> str:
@@ -76,6 +99,13 @@ class Exchange:
     @property
     def finished(self) -> bool:
         return self._finished
+
+    def claim_response(self, response_id: str) -> None:
+        """Mark a Responses id as this user's at once, before its record is written."""
+        if response_id and response_id not in _recent_responses:
+            _recent_responses[response_id] = self.key.user_id
+            if len(_recent_responses) > _RECENT_RESPONSES_MAX:
+                _recent_responses.popitem(last=False)
 
     def first_byte(self) -> None:
         if self.ttfb_ms is None:
@@ -146,8 +176,12 @@ class Exchange:
             upstream_request_id=upstream_request_id[:128],
             response_id=response_id[:128],
             request_body=self.request_body,
-            response_body=capped(response_body) if self.log_bodies and response_body else "",
+            # Answers echo request fields (the Responses API returns `user` and `metadata`).
+            response_body=(
+                capped(redacted_text(response_body)) if self.log_bodies and response_body else ""
+            ),
         )
+        self.claim_response(response_id)
         if self.ticket is not None:
             _release_later(self.ticket, usage.total)
         recording.record_later(self.reservation, record)

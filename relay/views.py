@@ -29,7 +29,7 @@ from keys.ratelimit import RateLimited, rate_acquire, uses_redis
 from keys.selectors import KeyInfo, akey_info_for_secret, ledger_for
 from keys.services import KeyInactive, LedgerState, QuotaExceeded, Reservation, quota_reserve
 from relay import errors, recording, upstream
-from relay.exchange import Exchange
+from relay.exchange import Exchange, response_owner
 from relay.protocol import (
     ChatStream,
     ResponsesStream,
@@ -62,6 +62,8 @@ _INLINE_TOKENISE_BYTES = 32 * 1024
 _reserve = sync_to_async(quota_reserve, thread_sensitive=False)
 # Times a reservation refused only because of other requests' reservations is tried again.
 _SETTLE_RETRIES = 3
+# Seconds an unknown Responses id is looked for again before a 404 (another process's record).
+_OWNER_WRITE_GRACE = 0.3
 
 
 def _secret(request: HttpRequest, url_key: str | None) -> str:
@@ -157,7 +159,16 @@ async def _refuse(ex: Exchange, response: HttpResponse, error_code: str) -> Http
 
 
 async def _owns_response(user_id: int, response_id: str) -> bool:
-    return await UsageRecord.objects.filter(user_id=user_id, response_id=response_id).aexists()
+    owner = response_owner(response_id)
+    if owner is not None:
+        return owner == user_id
+    owned = UsageRecord.objects.filter(user_id=user_id, response_id=response_id)
+    if await owned.aexists():
+        return True
+    # Made a moment ago by another server process whose record is not written yet: give that
+    # write a moment before answering 404 (only unknown ids pay this wait).
+    await asyncio.sleep(_OWNER_WRITE_GRACE)
+    return await owned.aexists()
 
 
 async def _grant(ex: Exchange, *, cost: Decimal, tokens: int, rate_tokens: int) -> HttpResponse | None:
@@ -269,6 +280,9 @@ async def _metered(request: HttpRequest, ex: Exchange, kind: str) -> HttpRespons
     if not isinstance(body, dict):
         return await _refuse(ex, errors.openai_error(400, "We could not parse the JSON body of your request. The body must be a JSON object."), "invalid_json")
     model = body.get("model")
+    if kind == "moderation" and model is None:
+        # `model` is optional on moderations (the SDK leaves it out); OpenAI then uses this.
+        model = "omni-moderation-latest"
     if not isinstance(model, str) or not model:
         return await _refuse(ex, errors.openai_error(400, "You must provide a model parameter.", param="model"), "missing_model")
     ex.model = model
@@ -413,6 +427,9 @@ async def _relay_stream(ex: Exchange, resp: aiohttp.ClientResponse, state: Strea
                 ex.first_byte()
                 for event in buffer.feed(chunk):
                     out = state.on_event(event)
+                    if state.response_id:
+                        # Before the client sees the terminal event and can continue from it.
+                        ex.claim_response(state.response_id)
                     if out is not None:
                         yield out
             rest = buffer.rest()

@@ -1,0 +1,263 @@
+"""Admin for keys, user limits and the quota ledger. Every write goes through keys.services.
+
+As in DRF's authtoken admin, no form ever has a field for the key itself: adding a key issues
+one with `key_issue` and shows the secret once, in the message after saving.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.auth import get_user_model
+from django.contrib.auth.admin import UserAdmin
+from django.db.models import Q
+from django.utils import timezone
+from django.utils.html import format_html
+
+from keys.models import ApiKey, QuotaLedger, UserLimit
+from keys.services import LIMIT_FIELDS, key_issue, key_revoke, key_update_limits, user_limit_set
+
+if TYPE_CHECKING:
+    from django.db.models import QuerySet
+    from django.forms import ModelForm
+    from django.http import HttpRequest
+
+LIMITS_FIELDSET = (
+    "Limits",
+    {
+        "fields": (
+            ("budget_usd", "period"),
+            ("token_limit", "request_limit"),
+            ("rpm", "tpm", "max_concurrent"),
+            "allowed_models",
+        ),
+        "description": "Empty means no limit of that kind. The user's own limits apply too.",
+    },
+)
+
+
+class LimitsForm(forms.ModelForm):
+    """Refuses a negative budget, which the model fields alone would take."""
+
+    def clean_budget_usd(self) -> Decimal | None:
+        budget = self.cleaned_data.get("budget_usd")
+        if budget is not None and budget < 0:
+            raise forms.ValidationError("A budget cannot be negative.")
+        return budget
+
+
+class KeyStatusFilter(admin.SimpleListFilter):
+    title = "status"
+    parameter_name = "status"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple]:
+        return [("active", "Active"), ("expired", "Expired"), ("revoked", "Revoked")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> QuerySet[ApiKey]:
+        now = timezone.now()
+        if self.value() == "active":
+            return queryset.filter(
+                Q(expires_at__isnull=True) | Q(expires_at__gt=now), revoked_at__isnull=True
+            )
+        if self.value() == "expired":
+            return queryset.filter(revoked_at__isnull=True, expires_at__lte=now)
+        if self.value() == "revoked":
+            return queryset.filter(revoked_at__isnull=False)
+        return queryset
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    form = LimitsForm
+    list_display = (
+        "prefix",
+        "name",
+        "user",
+        "status",
+        "budget_usd",
+        "period",
+        "created_at",
+        "expires_at",
+    )
+    list_filter = (KeyStatusFilter, "period", "created_at", "expires_at")
+    search_fields = ("prefix", "name", "user__username")
+    list_select_related = ("user",)
+    autocomplete_fields = ("user",)
+    date_hierarchy = "created_at"
+    actions = ("revoke_keys",)
+
+    def get_fieldsets(self, request: HttpRequest, obj: ApiKey | None = None) -> list:
+        key = (None, {"fields": ("user", "name", "expires_at", "log_bodies")})
+        if obj is None:
+            return [key, LIMITS_FIELDSET]
+        return [
+            (
+                None,
+                {
+                    "fields": (
+                        "prefix",
+                        "status",
+                        "user",
+                        "name",
+                        "expires_at",
+                        "log_bodies",
+                        "created_at",
+                        "revoked_at",
+                    )
+                },
+            ),
+            LIMITS_FIELDSET,
+        ]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> tuple:
+        if obj is None:
+            return ()
+        # A key stays with the user it was issued to: its usage and ledger are theirs.
+        return ("prefix", "status", "user", "created_at", "revoked_at")
+
+    @admin.display(description="status")
+    def status(self, obj: ApiKey) -> str:
+        return obj.status
+
+    def save_model(self, request: HttpRequest, obj: ApiKey, form: ModelForm, change: bool) -> None:
+        data = form.cleaned_data
+        if change:
+            editable = (*LIMIT_FIELDS, "name", "expires_at", "log_bodies")
+            key_update_limits(
+                api_key=obj, **{f: data[f] for f in form.changed_data if f in editable}
+            )
+            return
+        api_key, secret = key_issue(
+            username=data["user"].get_username(),
+            name=data.get("name", ""),
+            expires_at=data.get("expires_at"),
+            log_bodies=data.get("log_bodies"),
+            **{f: data.get(f) for f in LIMIT_FIELDS},
+        )
+        # The admin goes on with `obj` (log entry, redirect): make it the issued key.
+        for field in ApiKey._meta.concrete_fields:
+            setattr(obj, field.attname, getattr(api_key, field.attname))
+        obj._state.adding = False
+        # Shown once: the message travels in the admin's own cookie and is gone once read.
+        messages.success(
+            request,
+            format_html(
+                "The new key for {} is <code>{}</code>. Copy it now: it is not stored and "
+                "cannot be shown again.",
+                api_key.user.get_username(),
+                secret,
+            ),
+        )
+
+    @admin.action(description="Revoke selected keys", permissions=("change",))
+    def revoke_keys(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
+        revoked = 0
+        for api_key in queryset.filter(revoked_at__isnull=True):
+            key_revoke(api_key=api_key)
+            revoked += 1
+        self.message_user(request, f"Revoked {revoked} key(s).", messages.SUCCESS)
+
+
+class UserLimitInline(admin.StackedInline):
+    model = UserLimit
+    form = LimitsForm
+    can_delete = True
+    max_num = 1
+    extra = 0
+    fieldsets = (LIMITS_FIELDSET,)
+    verbose_name_plural = "limits (on top of each key's own)"
+
+
+class ApiKeyInline(admin.TabularInline):
+    """The user's keys at a glance; each is edited on its own page."""
+
+    model = ApiKey
+    fields = ("prefix", "name", "status", "budget_usd", "period", "created_at", "expires_at")
+    readonly_fields = fields
+    extra = 0
+    show_change_link = True
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description="status")
+    def status(self, obj: ApiKey) -> str:
+        return obj.status
+
+
+User = get_user_model()
+if admin.site.is_registered(User):
+    admin.site.unregister(User)
+
+
+@admin.register(User)
+class ProxyUserAdmin(UserAdmin):
+    inlines = (UserLimitInline, ApiKeyInline)
+
+
+@admin.register(UserLimit)
+class UserLimitAdmin(admin.ModelAdmin):
+    form = LimitsForm
+    list_display = (
+        "user",
+        "budget_usd",
+        "period",
+        "token_limit",
+        "request_limit",
+        "rpm",
+        "tpm",
+        "max_concurrent",
+    )
+    list_filter = ("period",)
+    search_fields = ("user__username",)
+    list_select_related = ("user",)
+    autocomplete_fields = ("user",)
+    fieldsets = ((None, {"fields": ("user",)}), LIMITS_FIELDSET)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: UserLimit | None = None) -> tuple:
+        return () if obj is None else ("user",)
+
+    def save_model(
+        self, request: HttpRequest, obj: UserLimit, form: ModelForm, change: bool
+    ) -> None:
+        limit = user_limit_set(user=obj.user, **{f: getattr(obj, f) for f in LIMIT_FIELDS})
+        obj.pk = limit.pk
+        obj._state.adding = False
+
+
+@admin.register(QuotaLedger)
+class QuotaLedgerAdmin(admin.ModelAdmin):
+    """What each key and user has spent and holds reserved per period; written only by the
+    relay's conditional UPDATEs, so it is read-only here."""
+
+    list_display = (
+        "owner",
+        "period",
+        "period_start",
+        "spent_usd",
+        "reserved_usd",
+        "tokens",
+        "reserved_tokens",
+        "requests",
+    )
+    list_filter = ("period", "period_start")
+    search_fields = ("api_key__prefix", "api_key__user__username", "user__username")
+    list_select_related = ("api_key", "api_key__user", "user")
+    date_hierarchy = "period_start"
+
+    @admin.display(description="key or user")
+    def owner(self, obj: QuotaLedger) -> str:
+        return str(obj.api_key) if obj.api_key_id else f"user {obj.user}"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

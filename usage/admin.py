@@ -1,0 +1,326 @@
+"""Admin for prices (editable), usage records and the daily rollup (read-only).
+
+The records table grows to millions of rows, so its changelist never counts it whole, never
+lists distinct values for a filter, and defers the (large) bodies.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import TYPE_CHECKING, Any
+
+from django.contrib import admin
+from django.contrib.admin.views.main import ChangeList
+from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
+from django.urls import path
+from django.utils.functional import cached_property
+
+from usage.apis import UsageRecordOutputSerializer
+from usage.exports import csv_streaming_response
+from usage.models import ModelPrice, UsageDaily, UsageRecord
+from usage.pricing import price_book_reset
+from usage.selectors import usage_days, usage_record_count
+
+if TYPE_CHECKING:
+    from django.db.models import QuerySet
+    from django.forms import ModelForm
+    from django.http import HttpRequest, HttpResponseBase
+    from django.urls import URLPattern
+
+
+@admin.register(ModelPrice)
+class ModelPriceAdmin(admin.ModelAdmin):
+    list_display = (
+        "model",
+        "mode",
+        "effective_from",
+        "input_per_1m",
+        "cached_input_per_1m",
+        "output_per_1m",
+        "deprecation_date",
+    )
+    list_filter = ("mode", "effective_from")
+    search_fields = ("model",)
+    fieldsets = (
+        (
+            None,
+            {
+                "fields": (
+                    "model",
+                    "mode",
+                    "effective_from",
+                    "deprecation_date",
+                    "max_input_tokens",
+                ),
+                "description": "USD per 1M tokens. To change a price, add a row with a new "
+                "`effective from` instead of editing this one, so past records keep their price.",
+            },
+        ),
+        (
+            "Standard",
+            {
+                "fields": (
+                    ("input_per_1m", "cached_input_per_1m", "cache_write_per_1m", "output_per_1m"),
+                )
+            },
+        ),
+        (
+            "Batch, flex and priority tiers",
+            {
+                "classes": ("collapse",),
+                "fields": (
+                    ("batch_input_per_1m", "batch_cached_input_per_1m", "batch_output_per_1m"),
+                    ("flex_input_per_1m", "flex_cached_input_per_1m", "flex_output_per_1m"),
+                    (
+                        "priority_input_per_1m",
+                        "priority_cached_input_per_1m",
+                        "priority_output_per_1m",
+                    ),
+                ),
+            },
+        ),
+        (
+            "Long context and audio",
+            {
+                "classes": ("collapse",),
+                "fields": (
+                    ("gt272k_input_per_1m", "gt272k_cached_input_per_1m", "gt272k_output_per_1m"),
+                    ("audio_input_per_1m", "audio_cached_input_per_1m", "audio_output_per_1m"),
+                ),
+            },
+        ),
+    )
+
+    # Prices are cached per process: this one forgets them now, the others within
+    # PRICE_CACHE_SECONDS.
+    def save_model(
+        self, request: HttpRequest, obj: ModelPrice, form: ModelForm, change: bool
+    ) -> None:
+        super().save_model(request, obj, form, change)
+        price_book_reset()
+
+    def delete_model(self, request: HttpRequest, obj: ModelPrice) -> None:
+        super().delete_model(request, obj)
+        price_book_reset()
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[ModelPrice]) -> None:
+        super().delete_queryset(request, queryset)
+        price_book_reset()
+
+
+class UsageRecordPaginator(Paginator):
+    """Counts without reading the whole table: the unfiltered list's count comes from the
+    rollup, a filtered one is counted up to COUNT_CAP (the pages past it are not offered)."""
+
+    COUNT_CAP = 100_000
+
+    @cached_property
+    def count(self) -> int:
+        if not self.object_list.query.where:
+            return usage_record_count()
+        return self.object_list.order_by()[: self.COUNT_CAP].count()
+
+
+class RollupDateHierarchy:
+    """Stands in for a changelist's queryset in the admin's `date_hierarchy` tag, its only
+    user once the page's rows are read. Django's tag runs a DISTINCT over every row in range
+    (seconds at a million records); this offers the days the UsageDaily rollup knows of, and
+    takes the first and last timestamps by two index lookups. With other filters active it
+    may offer a day where they match nothing, which costs a click, not a query."""
+
+    def __init__(self, queryset: QuerySet, field_name: str, params: dict[str, Any]) -> None:
+        self.queryset = queryset
+        self.field_name = field_name
+        self.start, self.end = self._span(params)
+
+    def _span(self, params: dict[str, Any]) -> tuple[dt.date | None, dt.date | None]:
+        def param(name: str) -> int | None:
+            value = params.get(f"{self.field_name}__{name}")
+            if isinstance(value, list):
+                value = value[-1] if value else None
+            return int(value) if value and str(value).isdigit() else None
+
+        year, month = param("year"), param("month")
+        if year is None:
+            return None, None
+        if month is None:
+            return dt.date(year, 1, 1), dt.date(year + 1, 1, 1)
+        start = dt.date(year, month, 1)
+        return start, (start + dt.timedelta(days=32)).replace(day=1)
+
+    def aggregate(self, **aggregates: Any) -> dict[str, Any]:
+        ordered = self.queryset.order_by().values_list(self.field_name, flat=True)
+        first = ordered.order_by(self.field_name).first()
+        last = ordered.order_by(f"-{self.field_name}").first()
+        return {"first": first, "last": last}
+
+    def _truncated(self, kind: str) -> list[dt.date]:
+        days = usage_days(start=self.start, end=self.end)
+        if kind == "year":
+            return sorted({day.replace(month=1, day=1) for day in days})
+        if kind == "month":
+            return sorted({day.replace(day=1) for day in days})
+        return days
+
+    def dates(self, field_name: str, kind: str) -> list[dt.date]:
+        return self._truncated(kind)
+
+    def datetimes(self, field_name: str, kind: str) -> list[dt.datetime]:
+        return [dt.datetime.combine(d, dt.time.min, tzinfo=dt.UTC) for d in self._truncated(kind)]
+
+
+class RollupDateChangeList(ChangeList):
+    def get_results(self, request: HttpRequest) -> None:
+        super().get_results(request)
+        self.queryset = RollupDateHierarchy(self.queryset, self.date_hierarchy, self.params)
+
+
+class EndpointFilter(admin.SimpleListFilter):
+    # Fixed choices: listing the distinct values would read every row of the table.
+    title = "endpoint"
+    parameter_name = "endpoint"
+    ENDPOINTS = (
+        "chat/completions",
+        "completions",
+        "responses",
+        "embeddings",
+        "moderations",
+        "models",
+    )
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple]:
+        return [(e, e) for e in self.ENDPOINTS]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        return queryset.filter(endpoint=self.value()) if self.value() else queryset
+
+
+class StatusFilter(admin.SimpleListFilter):
+    title = "status"
+    parameter_name = "status"
+    RANGES = {
+        "2xx": ("Success (2xx)", 200, 299),
+        "4xx": ("Client error (4xx)", 400, 499),
+        "429": ("Quota or rate limit (429)", 429, 429),
+        "5xx": ("Upstream error (5xx)", 500, 599),
+        "errors": ("Any error (4xx, 5xx)", 400, 599),
+    }
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple]:
+        return [(value, label) for value, (label, _, _) in self.RANGES.items()]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        if self.value() not in self.RANGES:
+            return queryset
+        _, low, high = self.RANGES[self.value()]
+        return queryset.filter(status_code__gte=low, status_code__lte=high)
+
+
+@admin.register(UsageRecord)
+class UsageRecordAdmin(admin.ModelAdmin):
+    list_display = (
+        "created_at",
+        "user",
+        "key_prefix",
+        "endpoint",
+        "model",
+        "response_model",
+        "status_code",
+        "stream",
+        "prompt_tokens",
+        "completion_tokens",
+        "cost_usd",
+        "latency_ms",
+        "estimated",
+    )
+    list_filter = (EndpointFilter, StatusFilter, "stream", "estimated", "created_at")
+    # Prefix and exact matches where a value is pasted whole; only model names are searched
+    # as substrings.
+    search_fields = (
+        "model",
+        "response_model",
+        "^key_prefix",
+        "=user__username",
+        "=upstream_request_id",
+    )
+    date_hierarchy = "created_at"
+    list_select_related = ("user",)
+    show_full_result_count = False
+    paginator = UsageRecordPaginator
+    list_per_page = 100
+    actions = ("export_csv",)
+
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return RollupDateChangeList
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[UsageRecord]:
+        # Bodies are read only on a record's own page, by one extra query there.
+        return super().get_queryset(request).defer("request_body", "response_body")
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return [f.name for f in UsageRecord._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Records back the ledgers' spend and the rollups; only a superuser may prune by hand.
+        return request.user.is_superuser
+
+    def get_urls(self) -> list[URLPattern]:
+        export = path(
+            "export/",
+            self.admin_site.admin_view(self.export_view),
+            name="usage_usagerecord_export",
+        )
+        return [export, *super().get_urls()]
+
+    def export_view(self, request: HttpRequest) -> HttpResponseBase:
+        """The changelist's "Export CSV" button: every record its filters and search match."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        changelist = self.get_changelist_instance(request)
+        records = changelist.get_queryset(request)
+        return csv_streaming_response(request, records, UsageRecordOutputSerializer)
+
+    @admin.action(description="Export selected records as CSV", permissions=("view",))
+    def export_csv(self, request: HttpRequest, queryset: QuerySet[UsageRecord]) -> HttpResponseBase:
+        return csv_streaming_response(request, queryset, UsageRecordOutputSerializer)
+
+
+@admin.register(UsageDaily)
+class UsageDailyAdmin(admin.ModelAdmin):
+    list_display = (
+        "day",
+        "user",
+        "api_key",
+        "model",
+        "requests",
+        "errors",
+        "prompt_tokens",
+        "cached_tokens",
+        "completion_tokens",
+        "reasoning_tokens",
+        "cost_usd",
+        "unpriced_requests",
+    )
+    list_filter = ("day",)
+    search_fields = ("model", "=user__username", "^api_key__prefix")
+    date_hierarchy = "day"
+    list_select_related = ("user", "api_key")
+
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return RollupDateChangeList
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

@@ -1,0 +1,379 @@
+"""Reading usage over HTTP: `/api/usage/` (records, CSV), `/api/usage/<id>/`, `/api/usage/summary/`.
+
+Staff logged in with a password see everyone; anyone else, and every proxy key, sees only
+their own user's usage.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import functools
+import json
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from django.contrib.auth import get_user_model
+from django.core.paginator import Paginator
+from django.utils.dateparse import parse_datetime
+from django.utils.functional import cached_property
+from drf_spectacular.settings import spectacular_settings
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer
+from drf_spectacular.views import SpectacularSwaggerView
+from rest_framework import serializers
+from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.pagination import PageNumberPagination
+from rest_framework.response import Response
+from rest_framework.settings import api_settings
+from rest_framework.views import APIView
+
+from keys.authentication import ApiAuthMixin, staff_login
+from keys.models import ApiKey
+from usage.exports import CsvRenderer, csv_streaming_response
+from usage.filters import UsageRecordFilter
+from usage.models import UsageRecord
+from usage.selectors import (
+    SUMMARY_GROUPS,
+    SUMMARY_SUMS,
+    usage_record_count,
+    usage_record_get,
+    usage_records_for,
+    usage_summary,
+    usage_totals,
+)
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AbstractBaseUser
+    from django.db.models import QuerySet
+    from django.http import HttpResponseBase
+    from rest_framework.request import Request
+
+
+def _viewer(request: Request) -> AbstractBaseUser | None:
+    """Whose usage this request may read: None for everyone's."""
+    return None if staff_login(request) else request.user
+
+
+class KnownCountPaginator(Paginator):
+    """A paginator told its count (when it is known more cheaply than by COUNT(*))."""
+
+    def __init__(self, object_list: Any, per_page: int, *, known_count: int | None) -> None:
+        super().__init__(object_list, per_page)
+        self.known_count = known_count
+
+    @cached_property
+    def count(self) -> int:
+        if self.known_count is not None:
+            return self.known_count
+        return super().count
+
+
+class UsageRecordPagination(PageNumberPagination):
+    page_size = api_settings.PAGE_SIZE or 100
+    page_size_query_param = "page_size"
+    max_page_size = 1000
+
+    def paginate_queryset(
+        self,
+        queryset: QuerySet,
+        request: Request,
+        view: APIView | None = None,
+        *,
+        known_count: int | None = None,
+    ) -> list | None:
+        self.django_paginator_class = functools.partial(
+            KnownCountPaginator, known_count=known_count
+        )
+        return super().paginate_queryset(queryset, request, view)
+
+
+@extend_schema_serializer(component_name="UsageRecord")
+class UsageRecordOutputSerializer(serializers.ModelSerializer):
+    username = serializers.CharField(source="user.username", read_only=True)
+    key_id = serializers.IntegerField(source="api_key_id", read_only=True, allow_null=True)
+
+    class Meta:
+        model = UsageRecord
+        fields = [
+            "id",
+            "created_at",
+            "username",
+            "key_id",
+            "key_prefix",
+            "endpoint",
+            "model",
+            "response_model",
+            "status_code",
+            "error_code",
+            "stream",
+            "prompt_tokens",
+            "cached_tokens",
+            "completion_tokens",
+            "reasoning_tokens",
+            "cost_usd",
+            "latency_ms",
+            "ttfb_ms",
+            "estimated",
+            "client_disconnected",
+            "service_tier",
+            "upstream_request_id",
+        ]
+        read_only_fields = fields
+
+
+_RECORD_FILTERS = [
+    OpenApiParameter("user", str, description="Username (staff only; others see their own)."),
+    OpenApiParameter("key", str, description="Key prefix (`sk-proxy-abc123`) or key id."),
+    OpenApiParameter("model", str, description="Model asked for or answered with."),
+    OpenApiParameter("endpoint", str, description="For example `chat/completions`."),
+    OpenApiParameter("status", int, description="HTTP status code."),
+    OpenApiParameter("stream", bool),
+    OpenApiParameter("estimated", bool, description="Tokens counted by the proxy."),
+    OpenApiParameter(
+        "from", OpenApiTypes.DATETIME, description="Created at or after (ISO date or datetime)."
+    ),
+    OpenApiParameter(
+        "to",
+        OpenApiTypes.DATETIME,
+        description="Created at or before; a date includes the whole (UTC) day.",
+    ),
+]
+
+
+class UsageRecordListApi(ApiAuthMixin, APIView):
+    """Usage records, newest first, one per request that passed authentication. Staff see
+    everyone's; anyone else, and any proxy key, sees their own user's. `?format=csv` downloads
+    every matching record (not one page) with the same columns and values."""
+
+    renderer_classes = [*api_settings.DEFAULT_RENDERER_CLASSES, CsvRenderer]
+    pagination_class = UsageRecordPagination
+    OutputSerializer = UsageRecordOutputSerializer
+
+    @extend_schema(
+        operation_id="usage_list",
+        summary="Usage records, newest first",
+        parameters=[
+            *_RECORD_FILTERS,
+            OpenApiParameter(
+                "format",
+                str,
+                enum=["json", "csv"],
+                description="`csv` downloads every matching record (all pages) as CSV.",
+            ),
+        ],
+        responses={
+            (200, "application/json"): UsageRecordOutputSerializer(many=True),
+            (200, "text/csv"): OpenApiTypes.STR,
+        },
+    )
+    def get(self, request: Request) -> HttpResponseBase:
+        viewer = _viewer(request)
+        filterset = UsageRecordFilter(request.query_params, queryset=usage_records_for(viewer))
+        if not filterset.is_valid():
+            raise ValidationError(filterset.errors)
+        records = filterset.qs
+        if request.accepted_renderer.format == "csv":
+            return csv_streaming_response(request._request, records, self.OutputSerializer)
+        paginator = self.pagination_class()
+        page = paginator.paginate_queryset(
+            records, request, view=self, known_count=self._rollup_count(viewer, filterset)
+        )
+        return paginator.get_paginated_response(self.OutputSerializer(page, many=True).data)
+
+    @staticmethod
+    def _rollup_count(viewer: AbstractBaseUser | None, filterset: UsageRecordFilter) -> int | None:
+        """The count from the rollup when the filters are ones it can answer (none, or only
+        the user), so the unfiltered list of a million records is not counted row by row."""
+        used = {
+            name for name, value in filterset.form.cleaned_data.items() if value not in (None, "")
+        }
+        if used - {"user"}:
+            return None
+        user_ids = set()
+        if viewer is not None:
+            user_ids.add(viewer.pk)
+        if "user" in used:
+            user = (
+                get_user_model()
+                .objects.filter(username=filterset.form.cleaned_data["user"])
+                .first()
+            )
+            if user is None:
+                return 0
+            user_ids.add(user.pk)
+        if len(user_ids) > 1:
+            return 0
+        return usage_record_count(user_id=next(iter(user_ids), None))
+
+
+class UsageRecordDetailApi(ApiAuthMixin, APIView):
+    """One usage record, with the request and response bodies if they were kept."""
+
+    @extend_schema_serializer(component_name="UsageRecordDetail")
+    class OutputSerializer(UsageRecordOutputSerializer):
+        class Meta(UsageRecordOutputSerializer.Meta):
+            fields = [*UsageRecordOutputSerializer.Meta.fields, "request_body", "response_body"]
+            read_only_fields = fields
+
+    @extend_schema(operation_id="usage_retrieve", responses=OutputSerializer)
+    def get(self, request: Request, record_id: int) -> Response:
+        record = usage_record_get(record_id=record_id, user=_viewer(request))
+        if record is None:
+            raise NotFound("No such usage record.")
+        return Response(self.OutputSerializer(record).data)
+
+
+class DayField(serializers.DateField):
+    """An ISO date; a datetime is taken as its UTC day."""
+
+    def to_internal_value(self, value: Any) -> dt.date:
+        if isinstance(value, str) and len(value) > 10:
+            parsed = parse_datetime(value.strip().replace(" ", "+"))
+            if parsed is not None:
+                if parsed.tzinfo is None:
+                    parsed = parsed.replace(tzinfo=dt.UTC)
+                return parsed.astimezone(dt.UTC).date()
+        return super().to_internal_value(value)
+
+
+_SUMS = {
+    "requests": serializers.IntegerField(),
+    "prompt_tokens": serializers.IntegerField(),
+    "cached_tokens": serializers.IntegerField(),
+    "completion_tokens": serializers.IntegerField(),
+    "reasoning_tokens": serializers.IntegerField(),
+    "cost_usd": serializers.DecimalField(
+        max_digits=None, decimal_places=12, help_text="USD, a decimal string."
+    ),
+    "errors": serializers.IntegerField(help_text="Requests answered with a status >= 400."),
+    "unpriced_requests": serializers.IntegerField(
+        help_text="Successful requests of a model with no price (not in cost_usd)."
+    ),
+}
+
+
+class UsageSummaryApi(ApiAuthMixin, APIView):
+    """Requests, tokens, cost and errors summed by day, model, user or key, read from the
+    per-day rollup. `from` and `to` are UTC days, both included; left out, all time."""
+
+    class FilterSerializer(serializers.Serializer):
+        group_by = serializers.ChoiceField(choices=SUMMARY_GROUPS, default="day")
+        # Declared under another name: "from" is a Python keyword.
+        from_ = DayField(required=False, help_text="First day (UTC), inclusive.")
+        to = DayField(required=False, help_text="Last day (UTC), inclusive.")
+        user = serializers.CharField(required=False, help_text="Username (staff only).")
+        key = serializers.CharField(required=False, help_text="Key prefix or key id.")
+        model = serializers.CharField(
+            required=False, help_text="Model answered with (else asked for)."
+        )
+
+        def get_fields(self) -> dict[str, serializers.Field]:
+            fields = super().get_fields()
+            fields["from"] = fields.pop("from_")
+            return fields
+
+        def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+            if attrs.get("from") and attrs.get("to") and attrs["from"] > attrs["to"]:
+                raise ValidationError({"to": "Must not be before `from`."})
+            return attrs
+
+    @extend_schema_serializer(component_name="UsageSummaryRow")
+    class RowSerializer(serializers.Serializer):
+        day = serializers.DateField(required=False, help_text="group_by=day")
+        model = serializers.CharField(required=False, help_text="group_by=model")
+        user = serializers.CharField(required=False, help_text="group_by=user: the username")
+        user_id = serializers.IntegerField(required=False, help_text="group_by=user")
+        key = serializers.CharField(
+            required=False, allow_null=True, help_text="group_by=key: the prefix (null: deleted)"
+        )
+        key_id = serializers.IntegerField(required=False, allow_null=True, help_text="group_by=key")
+        key_name = serializers.CharField(required=False, allow_null=True, help_text="group_by=key")
+        username = serializers.CharField(required=False, help_text="group_by=key: the owner")
+
+        def get_fields(self) -> dict[str, serializers.Field]:
+            return {**super().get_fields(), **copy.deepcopy(_SUMS)}
+
+    @extend_schema_serializer(component_name="UsageTotals")
+    class TotalsSerializer(serializers.Serializer):
+        def get_fields(self) -> dict[str, serializers.Field]:
+            return copy.deepcopy(_SUMS)
+
+    @extend_schema_serializer(component_name="UsageSummary")
+    class OutputSerializer(serializers.Serializer):
+        group_by = serializers.ChoiceField(choices=SUMMARY_GROUPS)
+        from_ = serializers.DateField(allow_null=True)
+        to = serializers.DateField(allow_null=True)
+
+        def get_fields(self) -> dict[str, serializers.Field]:
+            fields = super().get_fields()
+            fields["from"] = fields.pop("from_")
+            fields["results"] = UsageSummaryApi.RowSerializer(many=True)
+            fields["totals"] = UsageSummaryApi.TotalsSerializer()
+            return fields
+
+    @extend_schema(
+        operation_id="usage_summary",
+        summary="Usage summed by day, model, user or key (from the daily rollup)",
+        parameters=[FilterSerializer],
+        responses=OutputSerializer,
+    )
+    def get(self, request: Request) -> Response:
+        filters = self.FilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        data = filters.validated_data
+        scope = self._scope(_viewer(request), data)
+        body: dict[str, Any] = {
+            "group_by": data["group_by"],
+            "from": data.get("from"),
+            "to": data.get("to"),
+        }
+        if scope is None:  # filters naming someone this viewer may not see, or no one
+            body["results"] = []
+            body["totals"] = {**dict.fromkeys(SUMMARY_SUMS, 0), "cost_usd": Decimal(0)}
+        else:
+            span = {"model": data.get("model"), "start": data.get("from"), "end": data.get("to")}
+            body["results"] = usage_summary(group_by=data["group_by"], **scope, **span)
+            body["totals"] = usage_totals(**scope, **span)
+        return Response(self.OutputSerializer(body).data)
+
+    @staticmethod
+    def _scope(viewer: AbstractBaseUser | None, data: dict[str, Any]) -> dict[str, int] | None:
+        """user_id / api_key_id to sum over, or None when the filters match nothing visible."""
+        scope: dict[str, int] = {}
+        if viewer is not None:
+            scope["user_id"] = viewer.pk
+        if data.get("user"):
+            user = get_user_model().objects.filter(username=data["user"]).first()
+            if user is None or scope.get("user_id", user.pk) != user.pk:
+                return None
+            scope["user_id"] = user.pk
+        if data.get("key"):
+            keys = ApiKey.objects.all()
+            if "user_id" in scope:
+                keys = keys.filter(user_id=scope["user_id"])
+            if data["key"].isdigit():
+                keys = keys.filter(pk=int(data["key"]))
+            else:
+                keys = keys.filter(prefix=data["key"])
+            key_ids = list(keys.values_list("pk", flat=True)[:2])
+            if not key_ids:
+                return None
+            if len(key_ids) > 1:
+                raise ValidationError({"key": "Several keys have this prefix; give the key id."})
+            scope["api_key_id"] = key_ids[0]
+        return scope
+
+
+class SwaggerDocsView(SpectacularSwaggerView):
+    """Swagger UI from drf_spectacular_sidecar's static files, with no call to another host."""
+
+    @extend_schema(exclude=True)
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        response = super().get(request, *args, **kwargs)
+        configured = spectacular_settings.SWAGGER_UI_SETTINGS
+        if isinstance(configured, dict) and "validatorUrl" not in configured:
+            # Swagger UI's default validator badge would send the schema URL to
+            # validator.swagger.io.
+            response.data["settings"] = json.dumps({**configured, "validatorUrl": None})
+        return response

@@ -81,8 +81,19 @@ class RelayHandler(ASGIHandler):
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         with contextlib.suppress(asyncio.CancelledError):
-            tasks[1].result().close()
+            _close_quietly(tasks[1].result())
         body_file.close()
+
+
+def _close_quietly(response: HttpResponseBase) -> None:
+    """`response.close()` without its request_finished signal, whose receivers (closing DB
+    connections and caches of the request thread, which the relay never uses) took a tenth
+    of the relay's time on the event loop."""
+    for closer in response._resource_closers:  # noqa: SLF001 (what close() runs)
+        with contextlib.suppress(Exception):
+            closer()
+    response._resource_closers.clear()  # noqa: SLF001
+    response.closed = True
 
 
 django_application = ASGIHandler()

@@ -88,6 +88,8 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["TEST"] = {
         "NAME": str(Path(tempfile.gettempdir()) / f"oaiproxy-test-{os.getpid()}.sqlite3")
     }
+    # Opening a SQLite file (and setting WAL on it) per request would cost more than the query.
+    DATABASES["default"]["CONN_MAX_AGE"] = None
 else:
     # Per test run, for the same reason as the SQLite file above.
     DATABASES["default"]["TEST"] = {"NAME": f"test_{DATABASES['default']['NAME']}_{os.getpid()}"}

@@ -29,6 +29,7 @@ from keys.ratelimit import RateLimited, rate_acquire, uses_redis
 from keys.selectors import KeyInfo, akey_info_for_secret, ledger_for
 from keys.services import KeyInactive, LedgerState, QuotaExceeded, Reservation, quota_reserve
 from relay import errors, recording, upstream
+from relay.database import in_db_thread
 from relay.exchange import Exchange, response_owner
 from relay.protocol import (
     ChatStream,
@@ -59,7 +60,6 @@ _RESPONSE_PATH = re.compile(r"responses/(resp_[A-Za-z0-9_\-]+)(/input_items)?")
 # Largest prompt tokenised on the event loop; bigger ones go to a thread.
 _INLINE_TOKENISE_BYTES = 32 * 1024
 
-_reserve = sync_to_async(quota_reserve, thread_sensitive=False)
 # Times a reservation refused only because of other requests' reservations is tried again.
 _SETTLE_RETRIES = 3
 # Seconds an unknown Responses id is looked for again before a 404 (another process's record).
@@ -183,7 +183,7 @@ async def _grant(ex: Exchange, *, cost: Decimal, tokens: int, rate_tokens: int) 
     try:
         for attempt in range(_SETTLE_RETRIES + 1):
             try:
-                ex.reservation = await _reserve(key=ex.key, cost=cost, tokens=tokens, now=ex.now)
+                ex.reservation = await in_db_thread(quota_reserve, key=ex.key, cost=cost, tokens=tokens, now=ex.now)
                 break
             except QuotaExceeded as exc:
                 if not exc.in_flight or attempt == _SETTLE_RETRIES:

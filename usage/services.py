@@ -107,13 +107,6 @@ def usage_records_create(*, items: list[tuple[Reservation | None, UsageRecord]])
     """
     records = [record for _, record in items]
     UsageRecord.objects.bulk_create(records)
-    quota_settle_many(
-        settlements=[
-            (reservation, record.cost_usd, record.prompt_tokens + record.completion_tokens)
-            for reservation, record in items
-            if reservation is not None
-        ]
-    )
     rollups: dict[tuple, dict[str, int | Decimal]] = {}
     for record in records:
         key = (record.created_at.astimezone(dt.UTC).date(), record.user_id, record.api_key_id,
@@ -134,3 +127,11 @@ def usage_records_create(*, items: list[tuple[Reservation | None, UsageRecord]])
                 UsageDaily.objects.create(**row, **deltas)
         except IntegrityError:  # another writer inserted the day's row first
             UsageDaily.objects.filter(**row).update(**increments)
+    # Last, so the ledger rows that reservations wait for are locked only until the commit.
+    quota_settle_many(
+        settlements=[
+            (reservation, record.cost_usd, record.prompt_tokens + record.completion_tokens)
+            for reservation, record in items
+            if reservation is not None
+        ]
+    )

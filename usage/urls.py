@@ -1,7 +1,16 @@
+"""The dashboards, mounted under /dashboard/."""
+
 from __future__ import annotations
 
 from django.urls import path
-from django.views.generic import TemplateView
+
+from usage import views
 
 app_name = "usage"
-urlpatterns = [path("", TemplateView.as_view(template_name="base.html"), name="dashboard")]
+urlpatterns = [
+    path("", views.dashboard, name="dashboard"),
+    path("usage.csv", views.dashboard_csv, name="dashboard_csv"),
+    path("users/<str:username>/", views.user_dashboard, name="user_dashboard"),
+    path("users/<str:username>/usage.csv", views.user_dashboard_csv, name="user_dashboard_csv"),
+    path("requests/<int:record_id>/", views.request_detail, name="request_detail"),
+]

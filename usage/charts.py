@@ -1,0 +1,242 @@
+"""Server-rendered SVG charts for the dashboards: no JavaScript, nothing fetched from a CDN.
+
+Each chart is one `<figure>`: the SVG plus, for the stacked chart, an HTML legend that can wrap
+on a narrow screen. Amounts stay Decimal until they become pixel positions, and every label
+that shows money goes through `format_usd`. Hovering a bar shows its `<title>` as a tooltip.
+Text that comes from data (model names, usernames) is escaped with `escape` where it is placed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from decimal import ROUND_HALF_UP, Decimal
+
+from django.utils.html import escape
+from django.utils.safestring import SafeString, mark_safe
+
+from usage.selectors import UsageTotals
+
+# Colour-blind-friendly (Tableau 10); grey is kept for "other models".
+PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1")
+OTHER_COLOUR = "#bab0ac"
+UNPRICED_COLOUR = "#8e24aa"
+CENT = Decimal("0.01")
+# The width of a card on a desktop screen, so that 12px text is drawn at 12px there.
+CHART_WIDTH = 1100
+
+
+def format_usd(value: Decimal | None) -> str:
+    """Dollars for people: cents with thousands separators, but an amount under a cent keeps
+    two significant digits, so a month of cheap embeddings does not read as $0.00."""
+    if value is None:
+        return "—"
+    value = Decimal(value)
+    if value == 0:
+        return "$0.00"
+    sign = "-" if value < 0 else ""
+    value = abs(value)
+    if value < CENT:
+        places = Decimal(1).scaleb(value.adjusted() - 1)
+        return f"{sign}${value.quantize(places, ROUND_HALF_UP).normalize():f}"
+    return f"{sign}${value.quantize(CENT, ROUND_HALF_UP):,}"
+
+
+def format_spend(totals: UsageTotals) -> str:
+    """Spend with unpriced requests said out loud: an unpriced model never reads as $0."""
+    if totals.unpriced_requests and not totals.cost_usd:
+        return "unpriced"
+    if totals.unpriced_requests:
+        return f"{format_usd(totals.cost_usd)} + unpriced"
+    return format_usd(totals.cost_usd)
+
+
+def _colours(priced: list[str]) -> dict[str, str]:
+    """A colour for each of the biggest spenders; when there are more than the palette holds,
+    the last colour is given up so that the grey "other models" band stands apart."""
+    named = priced if len(priced) <= len(PALETTE) else priced[: len(PALETTE) - 1]
+    return {name: PALETTE[i] for i, name in enumerate(named)}
+
+
+def _nice_step(maximum: Decimal, ticks: int = 4) -> Decimal:
+    """A step of 1, 2, 2.5 or 5 times a power of ten such that `ticks` steps cover `maximum`."""
+    if maximum <= 0:
+        return CENT
+    raw = maximum / ticks
+    base = Decimal(1).scaleb(raw.adjusted())
+    for multiple in (Decimal(1), Decimal(2), Decimal("2.5"), Decimal(5)):
+        if base * multiple >= raw:
+            return base * multiple
+    return base * 10
+
+
+def _legend(items: list[tuple[str, str]]) -> str:
+    entries = "".join(
+        f'<span class="legend-item"><span class="swatch" style="background:{colour}"></span>'
+        f"{escape(name)}</span>"
+        for name, colour in items
+    )
+    return f'<figcaption class="legend">{entries}</figcaption>'
+
+
+def daily_spend_chart(
+    *,
+    days: list[tuple[dt.date, UsageTotals]],
+    models: list[UsageTotals],
+    spend_by_day_model: dict[tuple[dt.date, str], Decimal],
+    chart_id: str = "daily-spend",
+) -> SafeString:
+    """Columns of spend per day, stacked by model (`models` ordered by spend, most first): the
+    biggest spenders get a colour each, the rest share one grey band. A day with unpriced
+    requests gets a purple marker, since its column alone would understate it."""
+    width, height = CHART_WIDTH, 280
+    left, right, top, bottom = 72, 10, 16, 30
+    plot_w, plot_h = width - left - right, height - top - bottom
+    baseline = top + plot_h
+
+    priced = [m.label for m in models if m.cost_usd > 0]
+    colours = _colours(priced)
+    peak = max((totals.cost_usd for _, totals in days), default=Decimal(0))
+    step = _nice_step(peak)
+    ticks = max(1, math.ceil(peak / step)) if peak > 0 else 4
+    ceiling = step * ticks
+
+    def y(amount: Decimal) -> float:
+        return baseline - float(amount / ceiling) * plot_h
+
+    parts = [
+        f'<svg id="{chart_id}" class="chart chart-columns" viewBox="0 0 {width} {height}" '
+        f'role="img" aria-labelledby="{chart_id}-title" xmlns="http://www.w3.org/2000/svg">'
+        f'<title id="{chart_id}-title">Spend per day, stacked by model</title>'
+    ]
+    for n in range(ticks + 1):
+        amount = step * n
+        parts.append(
+            f'<line class="grid" x1="{left}" x2="{width - right}" y1="{y(amount):.1f}" '
+            f'y2="{y(amount):.1f}"/><text class="axis-label" x="{left - 8}" '
+            f'y="{y(amount) + 4:.1f}" text-anchor="end">{format_usd(amount)}</text>'
+        )
+
+    slot = plot_w / max(1, len(days))
+    bar_w = max(1.0, slot * 0.7)
+    label_every = max(1, math.ceil(len(days) / 10))
+    any_unpriced = False
+    for i, (day, totals) in enumerate(days):
+        x = left + i * slot + (slot - bar_w) / 2
+        tooltip = [f"{day:%a %d %b %Y}", f"{format_spend(totals)} · {totals.requests:,} requests"]
+        shapes: list[str] = []
+        stacked = other = Decimal(0)
+        for model in priced:
+            amount = spend_by_day_model.get((day, model), Decimal(0))
+            if not amount:
+                continue
+            tooltip.append(f"{model}: {format_usd(amount)}")
+            if model in colours:
+                shapes.append(_segment(x, bar_w, y(stacked + amount), y(stacked), colours[model]))
+                stacked += amount
+            else:
+                other += amount
+        if other:
+            shapes.append(_segment(x, bar_w, y(stacked + other), y(stacked), OTHER_COLOUR))
+            stacked += other
+        if totals.unpriced_requests:
+            any_unpriced = True
+            tooltip.append(f"{totals.unpriced_requests:,} unpriced requests (model has no price)")
+            shapes.append(
+                f'<path class="unpriced-mark" d="M{x + bar_w / 2:.1f} {y(stacked) - 3:.1f}'
+                f'l4 -7h-8z" fill="{UNPRICED_COLOUR}"/>'
+            )
+        # The group's <title> is the tooltip for the whole column, including its empty part.
+        parts.append(
+            f'<g class="day" data-day="{day.isoformat()}"><title>{escape(chr(10).join(tooltip))}'
+            f'</title><rect class="hover" x="{left + i * slot:.1f}" y="{top}" '
+            f'width="{slot:.1f}" height="{plot_h}"/>{"".join(shapes)}</g>'
+        )
+        if i % label_every == 0:
+            parts.append(
+                f'<text class="axis-label" x="{left + i * slot + slot / 2:.1f}" '
+                f'y="{height - 8}" text-anchor="middle">{day:%b} {day.day}</text>'
+            )
+    parts.append(
+        f'<line class="axis" x1="{left}" x2="{width - right}" y1="{baseline}" y2="{baseline}"/>'
+    )
+    if peak == 0 and not any_unpriced:
+        parts.append(
+            f'<text class="empty" x="{left + plot_w / 2}" y="{top + plot_h / 2}" '
+            f'text-anchor="middle">No spend in this range</text>'
+        )
+    parts.append("</svg>")
+
+    legend = list(colours.items())
+    if len(priced) > len(colours):
+        legend.append(("other models", OTHER_COLOUR))
+    if any_unpriced:
+        legend.append(("unpriced requests", UNPRICED_COLOUR))
+    return mark_safe(  # noqa: S308 (numbers and escaped text only)
+        f'<figure class="chart-figure">{"".join(parts)}{_legend(legend)}</figure>'
+    )
+
+
+def _segment(x: float, width: float, y_top: float, y_bottom: float, colour: str) -> str:
+    height = max(0.5, y_bottom - y_top)
+    return (
+        f'<rect class="segment" x="{x:.1f}" y="{y_top:.1f}" width="{width:.1f}" '
+        f'height="{height:.1f}" fill="{colour}"/>'
+    )
+
+
+def spend_bar_chart(*, rows: list[UsageTotals], chart_id: str, title: str) -> SafeString:
+    """One horizontal bar per row (a model or a user, most spend first) with its value at the
+    end. A row with only unpriced requests gets a hatched stub labelled "unpriced", not $0."""
+    width, row_h, pad, left, value_w = CHART_WIDTH, 28, 6, 220, 150
+    height = pad * 2 + row_h * max(1, len(rows))
+    bar_max = width - left - value_w
+    peak = max((r.cost_usd for r in rows), default=Decimal(0))
+    total = sum((r.cost_usd for r in rows), Decimal(0))
+    colours = _colours([r.label for r in rows if r.cost_usd > 0])
+    hatch = f"{chart_id}-hatch"
+
+    parts = [
+        f'<svg id="{chart_id}" class="chart chart-bars" viewBox="0 0 {width} {height}" '
+        f'role="img" aria-labelledby="{chart_id}-title" xmlns="http://www.w3.org/2000/svg">'
+        f'<title id="{chart_id}-title">{escape(title)}</title>'
+        f'<defs><pattern id="{hatch}" width="6" height="6" patternUnits="userSpaceOnUse" '
+        f'patternTransform="rotate(45)"><rect width="6" height="6" fill="#f3e5f5"/>'
+        f'<line x1="0" y1="0" x2="0" y2="6" stroke="{UNPRICED_COLOUR}" stroke-width="3"/>'
+        f"</pattern></defs>"
+    ]
+    for i, row in enumerate(rows):
+        top = pad + i * row_h
+        text_y = top + row_h / 2 + 4
+        tooltip = f"{row.label}: {format_spend(row)}"
+        if total and row.cost_usd:
+            tooltip += f" ({row.cost_usd / total:.0%} of spend)"
+        tooltip += f"\n{row.requests:,} requests · {row.tokens:,} tokens"
+        if row.unpriced_requests:
+            tooltip += f"\n{row.unpriced_requests:,} unpriced requests (model has no price)"
+        if row.cost_usd > 0:
+            bar_w, fill = max(2.0, float(row.cost_usd / peak) * bar_max), colours.get(row.label)
+        elif row.unpriced_requests:
+            bar_w, fill = 10.0, f"url(#{hatch})"
+        else:
+            bar_w, fill = 1.0, "#c8c8c8"
+        label = row.label if len(row.label) <= 28 else row.label[:27] + "…"
+        parts.append(
+            f'<g class="row"><title>{escape(tooltip)}</title>'
+            f'<rect class="hover" x="0" y="{top}" width="{width}" height="{row_h}"/>'
+            f'<text class="bar-label" x="{left - 10}" y="{text_y:.1f}" text-anchor="end">'
+            f"{escape(label)}</text>"
+            f'<rect class="bar" data-label="{escape(row.label)}" x="{left}" y="{top + 5}" '
+            f'width="{bar_w:.1f}" height="{row_h - 10}" rx="2" fill="{fill or OTHER_COLOUR}"/>'
+            f'<text class="bar-value" x="{left + bar_w + 8:.1f}" y="{text_y:.1f}">'
+            f"{escape(format_spend(row))}</text></g>"
+        )
+    if not rows:
+        parts.append(
+            f'<text class="empty" x="{width / 2}" y="{pad + row_h / 2 + 4}" '
+            f'text-anchor="middle">No usage in this range</text>'
+        )
+    parts.append("</svg>")
+    return mark_safe(  # noqa: S308 (numbers and escaped text only)
+        f'<figure class="chart-figure">{"".join(parts)}</figure>'
+    )

@@ -1,0 +1,228 @@
+"""Dashboards: a user's spend, budgets and recent requests; staff also see everyone's.
+
+Every figure but the recent-requests list comes from the UsageDaily rollup and the quota
+ledger (see the dashboard selectors in `usage.selectors`), so pages stay fast at millions of
+records. The CSV export writes exactly the rows of the table it sits under.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+from decimal import Decimal
+from typing import Any
+from urllib.parse import urlencode
+
+from django import forms
+from django.contrib.auth import get_user_model
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.auth.decorators import login_required
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, render
+from django.urls import reverse
+from django.utils import timezone
+
+from usage.charts import daily_spend_chart, spend_bar_chart
+from usage.selectors import (
+    DashboardUsage,
+    UsageTotals,
+    budget_lines,
+    usage_by_user,
+    usage_dashboard,
+    usage_record_for_viewer,
+    usage_records_recent,
+)
+
+DEFAULT_RANGE_DAYS = 30
+MAX_RANGE_DAYS = 366
+RECENT_RECORDS = 50
+TOP_SPENDERS = 10
+MICRO_USD = Decimal("0.000001")
+CSV_GROUPS = ("model", "day", "user")
+CSV_COLUMNS = (
+    "requests",
+    "errors",
+    "prompt_tokens",
+    "cached_tokens",
+    "completion_tokens",
+    "reasoning_tokens",
+    "cost_usd",
+    "unpriced_requests",
+)
+
+
+class DateRangeForm(forms.Form):
+    """The `from` / `to` query parameters (UTC days, both included); either may be left out."""
+
+    start = forms.DateField(required=False)
+    end = forms.DateField(required=False)
+
+    def __init__(self, query: dict[str, Any], *, today: dt.date) -> None:
+        super().__init__({"start": query.get("from") or None, "end": query.get("to") or None})
+        self.today = today
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        end = data.get("end") or self.today
+        start = data.get("start") or end - dt.timedelta(days=DEFAULT_RANGE_DAYS - 1)
+        if start > end:
+            raise forms.ValidationError("“From” is after “to”.")
+        if (end - start).days >= MAX_RANGE_DAYS:
+            raise forms.ValidationError(f"Pick at most {MAX_RANGE_DAYS} days.")
+        data["start"], data["end"] = start, end
+        return data
+
+
+def _date_range(request: HttpRequest, today: dt.date) -> tuple[dt.date, dt.date, list[str]]:
+    """The range asked for, or the default last 30 days with the reason it was not used."""
+    form = DateRangeForm(request.GET, today=today)
+    if form.is_valid():
+        return form.cleaned_data["start"], form.cleaned_data["end"], []
+    errors = [str(e) for field_errors in form.errors.values() for e in field_errors]
+    return today - dt.timedelta(days=DEFAULT_RANGE_DAYS - 1), today, errors
+
+
+def _subject(request: HttpRequest, username: str | None) -> AbstractBaseUser | None:
+    """Whose usage a page shows: None stands for everyone's, which only staff see. A user
+    asking for someone else's page gets the same 404 as for a user who does not exist."""
+    viewer = request.user
+    if username is None:
+        return None if viewer.is_staff else viewer
+    if not viewer.is_staff and username != viewer.get_username():
+        raise Http404("No such user.")
+    user_model = get_user_model()
+    return get_object_or_404(user_model, **{user_model.USERNAME_FIELD: username})
+
+
+def _last_days(today: dt.date, days: int) -> str:
+    start = today - dt.timedelta(days=days - 1)
+    return urlencode({"from": start.isoformat(), "to": today.isoformat()})
+
+
+def _table_rows(usage: DashboardUsage, group_by: str) -> list[UsageTotals]:
+    if group_by == "day":
+        return [totals for _, totals in usage.days if totals.requests]
+    return usage.models
+
+
+@login_required
+def dashboard(request: HttpRequest) -> HttpResponse:
+    return _render_dashboard(request, _subject(request, None))
+
+
+@login_required
+def user_dashboard(request: HttpRequest, username: str) -> HttpResponse:
+    return _render_dashboard(request, _subject(request, username))
+
+
+def _render_dashboard(request: HttpRequest, subject: AbstractBaseUser | None) -> HttpResponse:
+    now = timezone.now()
+    start, end, range_errors = _date_range(request, now.date())
+    usage = usage_dashboard(
+        user_id=subject.pk if subject else None, start=start, end=end, today=now.date()
+    )
+    query = urlencode({"from": start.isoformat(), "to": end.isoformat()})
+    if subject is None:
+        csv_url = reverse("usage:dashboard_csv")
+    else:
+        csv_url = reverse("usage:user_dashboard_csv", args=[subject.get_username()])
+    context: dict[str, Any] = {
+        "subject": subject,
+        "start": start,
+        "end": end,
+        "range_days": (end - start).days + 1,
+        "range_errors": range_errors,
+        "presets": [(f"Last {days} days", _last_days(now.date(), days)) for days in (7, 30, 90)],
+        "query": query,
+        "csv_url": csv_url,
+        "usage": usage,
+        "day_rows": _table_rows(usage, "day"),
+        "daily_chart": daily_spend_chart(
+            days=usage.days, models=usage.models, spend_by_day_model=usage.spend_by_day_model
+        ),
+        "model_chart": spend_bar_chart(
+            rows=usage.models, chart_id="spend-by-model", title="Spend by model"
+        ),
+        "recent": usage_records_recent(
+            user_id=subject.pk if subject else None, start=start, end=end, limit=RECENT_RECORDS
+        ),
+        "now": now,
+    }
+    if subject is None:
+        users = usage_by_user(start=start, end=end, today=now.date())
+        context["users"] = users
+        context["users_chart"] = spend_bar_chart(
+            rows=users[:TOP_SPENDERS], chart_id="top-spenders", title="Top spenders"
+        )
+    else:
+        context["user_budget"], context["key_budgets"] = budget_lines(user=subject, now=now)
+    return render(request, "usage/dashboard.html", context)
+
+
+@login_required
+def dashboard_csv(request: HttpRequest) -> HttpResponse:
+    return _render_csv(request, _subject(request, None))
+
+
+@login_required
+def user_dashboard_csv(request: HttpRequest, username: str) -> HttpResponse:
+    return _render_csv(request, _subject(request, username))
+
+
+def _render_csv(request: HttpRequest, subject: AbstractBaseUser | None) -> HttpResponse:
+    """The rows of one dashboard table (`group_by` model, day or, for everyone, user) for the
+    same range the page shows, with cost as an exact decimal: empty when only unpriced."""
+    group_by = request.GET.get("group_by", "model")
+    if group_by not in CSV_GROUPS or (group_by == "user" and subject is not None):
+        raise Http404("Unknown grouping.")
+    today = timezone.now().date()
+    start, end, _ = _date_range(request, today)
+    if group_by == "user":
+        rows = usage_by_user(start=start, end=end, today=today)
+    else:
+        usage = usage_dashboard(
+            user_id=subject.pk if subject else None, start=start, end=end, today=today
+        )
+        rows = _table_rows(usage, group_by)
+
+    scope = subject.get_username() if subject else "everyone"
+    response = HttpResponse(content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = (
+        f'attachment; filename="usage-{scope}-by-{group_by}-{start}-{end}.csv"'
+    )
+    writer = csv.writer(response)
+    writer.writerow([group_by, *CSV_COLUMNS])
+    for row in rows:
+        values = {column: getattr(row, column) for column in CSV_COLUMNS}
+        # Blank, not 0, when nothing was priced: the page says "unpriced" there too.
+        # Micro-dollars: SQLite adds the rollup's NUMERIC costs up as floats, so digits past
+        # the sixth are noise there.
+        unpriced_only = row.unpriced_requests and not row.cost_usd
+        values["cost_usd"] = "" if unpriced_only else f"{row.cost_usd.quantize(MICRO_USD):f}"
+        writer.writerow([row.label, *values.values()])
+    return response
+
+
+def _pretty_body(body: str) -> str:
+    """A JSON body indented for reading; anything else (a stream of events) as stored."""
+    try:
+        return json.dumps(json.loads(body), indent=2, ensure_ascii=False)
+    except ValueError:
+        return body
+
+
+@login_required
+def request_detail(request: HttpRequest, record_id: int) -> HttpResponse:
+    record = usage_record_for_viewer(record_id=record_id, viewer=request.user)
+    if record is None:
+        raise Http404("No such request.")
+    return render(
+        request,
+        "usage/request_detail.html",
+        {
+            "record": record,
+            "request_body": _pretty_body(record.request_body),
+            "response_body": _pretty_body(record.response_body),
+        },
+    )

@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PORT ?= 8000
 DEMO_UPSTREAM_PORT ?= 8765
 
-.PHONY: run test test-browser demo bench lint format clean
+.PHONY: run test demo bench lint format clean
 
 $(VENV)/.runtime: requirements.txt
 	@command -v $(PYTHON) >/dev/null || { echo "needs $(PYTHON)"; exit 1; }

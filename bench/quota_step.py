@@ -33,9 +33,13 @@ def main() -> None:
     parser.add_argument("--database-url", default="")
     parser.add_argument("--cache-url", default="")
     args = parser.parse_args()
-    os.environ["DATABASE_URL"] = args.database_url or f"sqlite:///{tempfile.mkdtemp()}/quota.sqlite3"
+    os.environ["DATABASE_URL"] = (
+        args.database_url or f"sqlite:///{tempfile.mkdtemp()}/quota.sqlite3"
+    )
     os.environ["CACHE_URL"] = args.cache_url
-    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, check=True)
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, check=True
+    )
     sys.path.insert(0, str(ROOT))
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "proxyserver.settings")
     import django
@@ -49,13 +53,18 @@ def main() -> None:
     from keys.selectors import key_info_for_secret
     from keys.services import key_issue, quota_reserve, quota_settle, user_limit_set
 
-    api_key, secret = key_issue(username=f"bench-{time.time_ns()}", budget_usd=Decimal(1_000_000), rpm=10**9,
-                                tpm=2_000_000_000, max_concurrent=10**6)
+    api_key, secret = key_issue(
+        username=f"bench-{time.time_ns()}",
+        budget_usd=Decimal(1_000_000),
+        rpm=10**9,
+        tpm=2_000_000_000,
+        max_concurrent=10**6,
+    )
     user_limit_set(user=api_key.user, budget_usd=Decimal(1_000_000))
     key = key_info_for_secret(secret)
     reserve = sync_to_async(quota_reserve, thread_sensitive=False)
 
-    def settle(reservation) -> None:  # noqa: ANN001
+    def settle(reservation) -> None:
         with transaction.atomic():
             quota_settle(reservation=reservation, cost=Decimal("0.0001"), tokens=30)
 
@@ -65,7 +74,9 @@ def main() -> None:
         reserve_ms, settle_ms, rate_ms = [], [], []
         for i in range(args.n + 100):
             start = time.perf_counter()
-            reservation = await reserve(key=key, cost=Decimal("0.0002"), tokens=50, now=timezone.now())
+            reservation = await reserve(
+                key=key, cost=Decimal("0.0002"), tokens=50, now=timezone.now()
+            )
             mid = time.perf_counter()
             await settle_async(reservation)
             end = time.perf_counter()
@@ -80,12 +91,16 @@ def main() -> None:
 
     reserve_ms, settle_ms, rate_ms = asyncio.run(run())
     db = "PostgreSQL" if args.database_url.startswith("postgres") else "SQLite"
-    print(f"quota step, {args.n} requests, {db}, rate limits in {'Redis' if args.cache_url else 'process memory'}")
+    print(
+        f"quota step, {args.n} requests, {db}, rate limits in {'Redis' if args.cache_url else 'process memory'}"
+    )
     print(f"{'':34} {'p50 ms':>8} {'p95 ms':>8}")
-    for name, values in (("reserve (on the request path)", reserve_ms),
-                         ("settle (after the answer)", settle_ms),
-                         ("rate limits acquire+release", rate_ms)):
-        print(f"{name:34} {pct(values, .5):8.3f} {pct(values, .95):8.3f}")
+    for name, values in (
+        ("reserve (on the request path)", reserve_ms),
+        ("settle (after the answer)", settle_ms),
+        ("rate limits acquire+release", rate_ms),
+    ):
+        print(f"{name:34} {pct(values, 0.5):8.3f} {pct(values, 0.95):8.3f}")
 
 
 if __name__ == "__main__":

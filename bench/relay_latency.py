@@ -29,7 +29,11 @@ sys.path.insert(0, str(ROOT))
 from tests.servers import _stop, _wait_http, free_port  # noqa: E402
 
 UPSTREAM_KEY = "sk-bench-upstream"
-BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello"}], "max_tokens": 20}
+BODY = {
+    "model": "gpt-4o-mini",
+    "messages": [{"role": "user", "content": "Say hello"}],
+    "max_tokens": 20,
+}
 
 
 def pct(values: list[float], p: float) -> float:
@@ -74,51 +78,111 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--database-url", default="")
     parser.add_argument("--cache-url", default="")
-    parser.add_argument("--budget", action="store_true", help="give the key a budget (reservation priced)")
+    parser.add_argument(
+        "--budget", action="store_true", help="give the key a budget (reservation priced)"
+    )
     args = parser.parse_args()
 
     scratch = tempfile.mkdtemp(prefix="bench-relay-")
-    env = {**os.environ, "DATABASE_URL": args.database_url or f"sqlite:///{scratch}/bench.sqlite3",
-           "CACHE_URL": args.cache_url, "OPENAI_API_KEY": UPSTREAM_KEY, "LOG_LEVEL": "WARNING",
-           "SECRET_KEY": "bench"}
+    env = {
+        **os.environ,
+        "DATABASE_URL": args.database_url or f"sqlite:///{scratch}/bench.sqlite3",
+        "CACHE_URL": args.cache_url,
+        "OPENAI_API_KEY": UPSTREAM_KEY,
+        "LOG_LEVEL": "WARNING",
+        "SECRET_KEY": "bench",
+    }
     py = sys.executable
-    subprocess.run([py, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=env, check=True)
+    subprocess.run(
+        [py, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=env, check=True
+    )
     budget = ["--budget", "1000"] if args.budget else []
-    secret = subprocess.run([py, "manage.py", "create_api_key", "bench", *budget], cwd=ROOT, env=env,
-                            check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    secret = (
+        subprocess.run(
+            [py, "manage.py", "create_api_key", "bench", *budget],
+            cwd=ROOT,
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     fake_port, proxy_port = free_port(), free_port()
-    fake = subprocess.Popen([py, "manage.py", "fake_openai", "--port", str(fake_port), "--key", UPSTREAM_KEY],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
+    fake = subprocess.Popen(
+        [py, "manage.py", "fake_openai", "--port", str(fake_port), "--key", UPSTREAM_KEY],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
     env["OPENAI_BASE_URL"] = f"http://127.0.0.1:{fake_port}/v1"
     proxy = subprocess.Popen(
-        [py, "-m", "uvicorn", "proxyserver.asgi:application", "--port", str(proxy_port), "--loop", "uvloop",
-         "--http", "httptools", "--lifespan", "on", "--no-access-log", "--log-level", "warning"],
-        cwd=ROOT, env=env,
+        [
+            py,
+            "-m",
+            "uvicorn",
+            "proxyserver.asgi:application",
+            "--port",
+            str(proxy_port),
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+            "--lifespan",
+            "on",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        env=env,
     )
     try:
         _wait_http(f"http://127.0.0.1:{fake_port}/_fake/stats", fake)
         _wait_http(f"http://127.0.0.1:{proxy_port}/healthz", proxy)
         direct_url = f"http://127.0.0.1:{fake_port}/v1/chat/completions"
         proxy_url = f"http://127.0.0.1:{proxy_port}/v1/chat/completions"
-        direct = asyncio.run(sequential(direct_url, {"Authorization": f"Bearer {UPSTREAM_KEY}"}, args.requests))
-        proxied = asyncio.run(sequential(proxy_url, {"Authorization": f"Bearer {secret}"}, args.requests))
-        direct_rps = asyncio.run(concurrent(direct_url, {"Authorization": f"Bearer {UPSTREAM_KEY}"},
-                                            args.requests, args.concurrency))
-        proxy_rps = asyncio.run(concurrent(proxy_url, {"Authorization": f"Bearer {secret}"},
-                                           args.requests, args.concurrency))
+        direct = asyncio.run(
+            sequential(direct_url, {"Authorization": f"Bearer {UPSTREAM_KEY}"}, args.requests)
+        )
+        proxied = asyncio.run(
+            sequential(proxy_url, {"Authorization": f"Bearer {secret}"}, args.requests)
+        )
+        direct_rps = asyncio.run(
+            concurrent(
+                direct_url,
+                {"Authorization": f"Bearer {UPSTREAM_KEY}"},
+                args.requests,
+                args.concurrency,
+            )
+        )
+        proxy_rps = asyncio.run(
+            concurrent(
+                proxy_url, {"Authorization": f"Bearer {secret}"}, args.requests, args.concurrency
+            )
+        )
     finally:
         _stop(proxy)
         _stop(fake)
     db = "PostgreSQL" if args.database_url.startswith("postgres") else "SQLite"
-    print(f"relay latency, {args.requests} sequential chat calls, {db}, "
-          f"cache {'Redis' if args.cache_url else 'in-process'}, key {'with' if args.budget else 'without'} budget")
+    print(
+        f"relay latency, {args.requests} sequential chat calls, {db}, "
+        f"cache {'Redis' if args.cache_url else 'in-process'}, key {'with' if args.budget else 'without'} budget"
+    )
     print(f"{'':10} {'p50 ms':>8} {'p95 ms':>8} {'mean ms':>8}")
     for name, times in (("direct", direct), ("proxied", proxied)):
-        print(f"{name:10} {pct(times, .5):8.3f} {pct(times, .95):8.3f} {statistics.mean(times):8.3f}")
-    print(f"{'added':10} {pct(proxied, .5) - pct(direct, .5):8.3f} {pct(proxied, .95) - pct(direct, .95):8.3f} "
-          f"{statistics.mean(proxied) - statistics.mean(direct):8.3f}")
-    print(f"throughput at {args.concurrency} in flight: direct {direct_rps:,.0f} req/s, "
-          f"proxied {proxy_rps:,.0f} req/s (one proxy process; the client shares the 2 cores)")
+        print(
+            f"{name:10} {pct(times, 0.5):8.3f} {pct(times, 0.95):8.3f} {statistics.mean(times):8.3f}"
+        )
+    print(
+        f"{'added':10} {pct(proxied, 0.5) - pct(direct, 0.5):8.3f} {pct(proxied, 0.95) - pct(direct, 0.95):8.3f} "
+        f"{statistics.mean(proxied) - statistics.mean(direct):8.3f}"
+    )
+    print(
+        f"throughput at {args.concurrency} in flight: direct {direct_rps:,.0f} req/s, "
+        f"proxied {proxy_rps:,.0f} req/s (one proxy process; the client shares the 2 cores)"
+    )
 
 
 if __name__ == "__main__":

@@ -122,7 +122,9 @@ class ApiKey(Limits):
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_keys"
     )
     name = models.CharField(max_length=100, blank=True)
-    prefix = models.CharField(max_length=24, editable=False, help_text="Shown to recognise the key.")
+    prefix = models.CharField(
+        max_length=24, editable=False, help_text="Shown to recognise the key."
+    )
     key_hash = models.CharField(max_length=64, unique=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     expires_at = models.DateTimeField(null=True, blank=True)

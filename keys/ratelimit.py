@@ -36,11 +36,11 @@ for i = 0, n - 1 do
     redis.call('INCRBY', KEYS[2 + i * 3], tokens); redis.call('EXPIRE', KEYS[2 + i * 3], 120)
   end
   if tonumber(ARGV[5 + i * 3]) > 0 then
-    redis.call('INCR', KEYS[3 + i * 3]); redis.call('EXPIRE', KEYS[3 + i * 3], %d)
+    redis.call('INCR', KEYS[3 + i * 3]); redis.call('EXPIRE', KEYS[3 + i * 3], CONCURRENCY_TTL)
   end
 end
 return {0, 0}
-""" % CONCURRENCY_TTL
+""".replace("CONCURRENCY_TTL", str(CONCURRENCY_TTL))
 
 _RELEASE = """
 if ARGV[1] == '1' then
@@ -90,20 +90,32 @@ def _scopes(key: KeyInfo) -> list[Scope]:
 
 def _names(scope: Scope, minute: int) -> tuple[str, str, str]:
     prefix = "oaiproxy:rl"
-    return (f"{prefix}:{scope.name}:r:{minute}", f"{prefix}:{scope.name}:t:{minute}",
-            f"{prefix}:{scope.name}:c")
+    return (
+        f"{prefix}:{scope.name}:r:{minute}",
+        f"{prefix}:{scope.name}:t:{minute}",
+        f"{prefix}:{scope.name}:c",
+    )
 
 
 def _refusal(code: int, scope: Scope, now: float) -> RateLimited:
     until_next_window = max(1, math.ceil(WINDOW - now % WINDOW))
     if code == 1:
-        return RateLimited("requests", f"Rate limit reached for {scope.label}: "
-                           f"{scope.limits.rpm} requests per minute.", until_next_window)
+        return RateLimited(
+            "requests",
+            f"Rate limit reached for {scope.label}: {scope.limits.rpm} requests per minute.",
+            until_next_window,
+        )
     if code == 2:
-        return RateLimited("tokens", f"Rate limit reached for {scope.label}: "
-                           f"{scope.limits.tpm} tokens per minute.", until_next_window)
-    return RateLimited("requests", f"Too many concurrent requests for {scope.label} "
-                       f"(at most {scope.limits.max_concurrent}).", 1)
+        return RateLimited(
+            "tokens",
+            f"Rate limit reached for {scope.label}: {scope.limits.tpm} tokens per minute.",
+            until_next_window,
+        )
+    return RateLimited(
+        "requests",
+        f"Too many concurrent requests for {scope.label} (at most {scope.limits.max_concurrent}).",
+        1,
+    )
 
 
 class _LocalCounters:
@@ -150,7 +162,9 @@ async def rate_acquire(key: KeyInfo, *, tokens: int) -> RateTicket | RateLimited
     minute = int(now // WINDOW)
     names = [_names(scope, minute) for scope in scopes]
     ticket = RateTicket(
-        concurrency_keys=[n[2] for s, n in zip(scopes, names, strict=True) if s.limits.max_concurrent],
+        concurrency_keys=[
+            n[2] for s, n in zip(scopes, names, strict=True) if s.limits.max_concurrent
+        ],
         token_keys=[n[1] for s, n in zip(scopes, names, strict=True) if s.limits.tpm],
         tokens=tokens,
     )

@@ -44,7 +44,9 @@ class LimitSnapshot:
 
     def as_dict(self) -> dict[str, object]:
         return {
-            "budget_usd": None if self.budget_usd is None else format(self.budget_usd.normalize(), "f"),
+            "budget_usd": None
+            if self.budget_usd is None
+            else format(self.budget_usd.normalize(), "f"),
             "period": self.period,
             "token_limit": self.token_limit,
             "request_limit": self.request_limit,
@@ -120,13 +122,13 @@ def key_info_forget(api_key: ApiKey) -> None:
     _cache.pop(api_key.key_hash, None)
 
 
-def ledger_for(*, api_key_id: int | None = None, user_id: int | None = None, period: str,
-               now: dt.datetime) -> QuotaLedger | None:
+def ledger_for(
+    *, api_key_id: int | None = None, user_id: int | None = None, period: str, now: dt.datetime
+) -> QuotaLedger | None:
     start = period_start(period, now)
     return QuotaLedger.objects.filter(
         api_key_id=api_key_id, user_id=user_id, period=period, period_start=start
     ).first()
-
 
 
 async def akey_info_for_secret(secret: str) -> KeyInfo | None:

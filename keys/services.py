@@ -15,8 +15,16 @@ from django.utils import timezone
 from keys.models import ApiKey, Period, QuotaLedger, UserLimit, key_hash, period_start
 from keys.selectors import KeyInfo, LimitSnapshot, key_info_forget
 
-LIMIT_FIELDS = ("budget_usd", "period", "token_limit", "request_limit", "rpm", "tpm",
-                "max_concurrent", "allowed_models")
+LIMIT_FIELDS = (
+    "budget_usd",
+    "period",
+    "token_limit",
+    "request_limit",
+    "rpm",
+    "tpm",
+    "max_concurrent",
+    "allowed_models",
+)
 
 
 class QuotaExceeded(Exception):
@@ -141,8 +149,14 @@ def _ledger_id(scope: str, owner_id: int, period: str, start: dt.datetime) -> in
 
 
 def _reserve_one(
-    *, scope: str, owner_id: int, limits: LimitSnapshot, cost: Decimal, tokens: int,
-    now: dt.datetime, key_id: int | None = None,
+    *,
+    scope: str,
+    owner_id: int,
+    limits: LimitSnapshot,
+    cost: Decimal,
+    tokens: int,
+    now: dt.datetime,
+    key_id: int | None = None,
 ) -> LedgerState | None:
     """One conditional UPDATE: the reservation is granted only if it fits beside what is
     already spent and reserved. This is what stops N concurrent requests, on any number of
@@ -152,15 +166,14 @@ def _reserve_one(
     ledger_id = _ledger_id(scope, owner_id, limits.period, start)
     table = QuotaLedger._meta.db_table
     sql = [
-        f"UPDATE {table} SET reserved_usd = reserved_usd + CAST(%s AS NUMERIC),"
+        # Table names come from the models' _meta, never from input; values are parameters.
+        f"UPDATE {table} SET reserved_usd = reserved_usd + CAST(%s AS NUMERIC),"  # noqa: S608
         " reserved_tokens = reserved_tokens + %s, requests = requests + 1 WHERE id = %s"
     ]
     params: list[object] = [cost, tokens, ledger_id]
     if limits.budget_usd is not None:
         slack = _SQLITE_SLACK if connection.vendor == "sqlite" else Decimal(0)
-        sql.append(
-            "AND spent_usd + reserved_usd + CAST(%s AS NUMERIC) <= CAST(%s AS NUMERIC)"
-        )
+        sql.append("AND spent_usd + reserved_usd + CAST(%s AS NUMERIC) <= CAST(%s AS NUMERIC)")
         params += [cost, limits.budget_usd + slack]
     if limits.token_limit is not None:
         sql.append("AND tokens + reserved_tokens + %s <= %s")
@@ -174,7 +187,7 @@ def _reserve_one(
         key_table = ApiKey._meta.db_table
         user_table = get_user_model()._meta.db_table
         sql.append(
-            f"AND EXISTS (SELECT 1 FROM {key_table} k JOIN {user_table} u ON u.id = k.user_id"
+            f"AND EXISTS (SELECT 1 FROM {key_table} k JOIN {user_table} u ON u.id = k.user_id"  # noqa: S608
             " WHERE k.id = %s AND k.revoked_at IS NULL AND u.is_active)"
         )
         params.append(key_id)
@@ -186,26 +199,48 @@ def _reserve_one(
         if not QuotaLedger.objects.filter(pk=ledger_id).exists():
             # The cached row id is gone (ledger pruned or database reset): look it up again.
             _ledger_ids.pop((scope, owner_id, limits.period, start), None)
-            return _reserve_one(scope=scope, owner_id=owner_id, limits=limits, cost=cost,
-                                tokens=tokens, now=now, key_id=key_id)
+            return _reserve_one(
+                scope=scope,
+                owner_id=owner_id,
+                limits=limits,
+                cost=cost,
+                tokens=tokens,
+                now=now,
+                key_id=key_id,
+            )
         return None
     return LedgerState(
-        period=limits.period, period_start=start, spent_usd=_money(row[0]),
-        reserved_usd=_money(row[1]), tokens=row[2], reserved_tokens=row[3], requests=row[4],
+        period=limits.period,
+        period_start=start,
+        spent_usd=_money(row[0]),
+        reserved_usd=_money(row[1]),
+        tokens=row[2],
+        reserved_tokens=row[3],
+        requests=row[4],
     )
 
 
-def _refusal(scope: str, limits: LimitSnapshot, owner_id: int, now: dt.datetime,
-             cost: Decimal, tokens: int) -> QuotaExceeded:
+def _refusal(
+    scope: str, limits: LimitSnapshot, owner_id: int, now: dt.datetime, cost: Decimal, tokens: int
+) -> QuotaExceeded:
     start = period_start(limits.period, now)
     owner = {"api_key_id": owner_id} if scope == "key" else {"user_id": owner_id}
     ledger = QuotaLedger.objects.filter(period=limits.period, period_start=start, **owner).first()
     whose = "this key" if scope == "key" else "your account"
     span = "" if limits.period == Period.TOTAL else f" this {limits.period}"
-    if ledger is not None and limits.request_limit is not None and ledger.requests + 1 > limits.request_limit:
-        return QuotaExceeded(f"The request limit of {whose}{span} ({limits.request_limit}) is used up.")
-    if (ledger is not None and limits.token_limit is not None
-            and ledger.tokens + ledger.reserved_tokens + tokens > limits.token_limit):
+    if (
+        ledger is not None
+        and limits.request_limit is not None
+        and ledger.requests + 1 > limits.request_limit
+    ):
+        return QuotaExceeded(
+            f"The request limit of {whose}{span} ({limits.request_limit}) is used up."
+        )
+    if (
+        ledger is not None
+        and limits.token_limit is not None
+        and ledger.tokens + ledger.reserved_tokens + tokens > limits.token_limit
+    ):
         return QuotaExceeded(
             f"The token limit of {whose}{span} ({limits.token_limit}) does not cover this request.",
             in_flight=ledger.tokens + tokens <= limits.token_limit,
@@ -226,25 +261,42 @@ def quota_reserve(*, key: KeyInfo, cost: Decimal, tokens: int, now: dt.datetime)
     """Reserve a request's worst-case cost and tokens on the key's and the user's ledgers, or
     refuse the whole request: both reservations happen in one transaction or neither does."""
     with transaction.atomic():
-        key_state = _reserve_one(scope="key", owner_id=key.id, limits=key.key_limits,
-                                 cost=cost, tokens=tokens, now=now, key_id=key.id)
+        key_state = _reserve_one(
+            scope="key",
+            owner_id=key.id,
+            limits=key.key_limits,
+            cost=cost,
+            tokens=tokens,
+            now=now,
+            key_id=key.id,
+        )
         if key_state is None:
             if not ApiKey.objects.filter(
                 pk=key.id, revoked_at__isnull=True, user__is_active=True
             ).exists():
                 raise KeyInactive()
             raise _refusal("key", key.key_limits, key.id, now, cost, tokens)
-        user_state = _reserve_one(scope="user", owner_id=key.user_id, limits=key.user_limits,
-                                  cost=cost, tokens=tokens, now=now)
+        user_state = _reserve_one(
+            scope="user",
+            owner_id=key.user_id,
+            limits=key.user_limits,
+            cost=cost,
+            tokens=tokens,
+            now=now,
+        )
         if user_state is None:
             refusal = _refusal("user", key.user_limits, key.user_id, now, cost, tokens)
             transaction.set_rollback(True)
             raise refusal
     return Reservation(
         key_ledger_id=_ledger_id("key", key.id, key.key_limits.period, key_state.period_start),
-        user_ledger_id=_ledger_id("user", key.user_id, key.user_limits.period,
-                                  user_state.period_start),
-        cost=cost, tokens=tokens, key_state=key_state, user_state=user_state,
+        user_ledger_id=_ledger_id(
+            "user", key.user_id, key.user_limits.period, user_state.period_start
+        ),
+        cost=cost,
+        tokens=tokens,
+        key_state=key_state,
+        user_state=user_state,
     )
 
 
@@ -278,7 +330,7 @@ def quota_settle_many(*, settlements: list[tuple[Reservation, Decimal | None, in
         for ledger_id in order:
             reserved, reserved_tokens, cost, tokens = sums[ledger_id]
             cursor.execute(
-                f"UPDATE {table} SET reserved_usd = reserved_usd - CAST(%s AS NUMERIC),"
+                f"UPDATE {table} SET reserved_usd = reserved_usd - CAST(%s AS NUMERIC),"  # noqa: S608
                 " spent_usd = spent_usd + CAST(%s AS NUMERIC),"
                 " reserved_tokens = reserved_tokens - %s, tokens = tokens + %s WHERE id = %s",
                 [reserved, cost, reserved_tokens, tokens, ledger_id],

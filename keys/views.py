@@ -18,7 +18,14 @@ from keys.services import key_issue
 
 def _error(status: int, message: str, code: str) -> JsonResponse:
     return JsonResponse(
-        {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}},
+        {
+            "error": {
+                "message": message,
+                "type": "invalid_request_error",
+                "param": None,
+                "code": code,
+            }
+        },
         status=status,
     )
 
@@ -59,7 +66,11 @@ def create_api_key_legacy(request: HttpRequest, username: str) -> JsonResponse:
     if admin is None or not admin.is_staff:
         return _error(401, "Admin credentials are missing or wrong.", "invalid_admin_credentials")
     now = timezone.now()
-    active = [k for k in ApiKey.objects.filter(user__username=username, revoked_at__isnull=True) if k.is_active(now)]
+    active = [
+        k
+        for k in ApiKey.objects.filter(user__username=username, revoked_at__isnull=True)
+        if k.is_active(now)
+    ]
     if active:
         return _error(
             409,
@@ -69,6 +80,12 @@ def create_api_key_legacy(request: HttpRequest, username: str) -> JsonResponse:
         )
     api_key, secret = key_issue(username=username, name="created by /create_api_key")
     return JsonResponse(
-        {"username": username, "key": secret, "api_key": secret, "id": api_key.pk, "prefix": api_key.prefix},
+        {
+            "username": username,
+            "key": secret,
+            "api_key": secret,
+            "id": api_key.pk,
+            "prefix": api_key.prefix,
+        },
         status=201,
     )

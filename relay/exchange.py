@@ -83,7 +83,9 @@ class Exchange:
         self.ticket: RateTicket | None = None
         self.ttfb_ms: int | None = None
         self.request_body = ""
-        self.log_bodies = key.log_bodies if key.log_bodies is not None else settings.USAGE_LOG_BODIES
+        self.log_bodies = (
+            key.log_bodies if key.log_bodies is not None else settings.USAGE_LOG_BODIES
+        )
         self.requested_tier = ""
         self._finished = False
 

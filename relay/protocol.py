@@ -200,7 +200,11 @@ class ResponsesStream(StreamState):
             if isinstance(payload, dict) and isinstance(payload.get("delta"), str):
                 self.deltas.append(payload["delta"])
             return event
-        if name.startswith("response.") and not name.startswith("response.output_") and not name.startswith("response.content_part"):
+        if (
+            name.startswith("response.")
+            and not name.startswith("response.output_")
+            and not name.startswith("response.content_part")
+        ):
             payload = loads(data)
         elif name == "error" or not name:
             payload = loads(data)

@@ -59,7 +59,9 @@ async def _write_forever() -> None:
             batch = _queue[:BATCH]
             del _queue[:BATCH]
             try:
-                await in_db_thread(_write, [(reservation, record) for reservation, record, _ in batch])
+                await in_db_thread(
+                    _write, [(reservation, record) for reservation, record, _ in batch]
+                )
             except Exception:
                 log.exception("%d usage records could not be written", len(batch))
             for _, _, done in batch:

@@ -13,7 +13,13 @@ from django.conf import settings
 
 # Headers a client may pass to OpenAI. Anything else (its Authorization above all, and
 # OpenAI-Organization / OpenAI-Project, which would pick another account) is dropped.
-FORWARDED_REQUEST_HEADERS = ("content-type", "accept", "user-agent", "openai-beta", "idempotency-key")
+FORWARDED_REQUEST_HEADERS = (
+    "content-type",
+    "accept",
+    "user-agent",
+    "openai-beta",
+    "idempotency-key",
+)
 # Headers relayed back. x-ratelimit-* describe the shared organisation, not the user: dropped.
 RELAYED_RESPONSE_HEADERS = (
     "content-type",
@@ -31,7 +37,7 @@ _session: aiohttp.ClientSession | None = None
 def session() -> aiohttp.ClientSession:
     """The process's session, made on first use inside the server's event loop."""
     global _session
-    if _session is None or _session.closed or _session._loop is not asyncio.get_running_loop():  # noqa: SLF001
+    if _session is None or _session.closed or _session._loop is not asyncio.get_running_loop():
         connector = aiohttp.TCPConnector(
             limit=settings.PROXY_UPSTREAM_MAX_CONNECTIONS,
             limit_per_host=settings.PROXY_UPSTREAM_MAX_CONNECTIONS,

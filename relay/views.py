@@ -11,6 +11,7 @@ import asyncio
 import logging
 import re
 import weakref
+from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
@@ -80,9 +81,13 @@ async def _authenticate(request: HttpRequest, url_key: str | None) -> KeyInfo | 
         return errors.invalid_api_key(
             "You didn't provide an API key. Send your proxy key as 'Authorization: Bearer KEY'."
         )
-    key = await akey_info_for_secret(secret) if secret.startswith(settings.PROXY_KEY_PREFIX) else None
+    key = (
+        await akey_info_for_secret(secret) if secret.startswith(settings.PROXY_KEY_PREFIX) else None
+    )
     if key is None:
-        return errors.invalid_api_key("Incorrect API key provided: the proxy key is unknown or revoked.")
+        return errors.invalid_api_key(
+            "Incorrect API key provided: the proxy key is unknown or revoked."
+        )
     if key.expires_at is not None and key.expires_at <= timezone.now():
         return errors.invalid_api_key("Incorrect API key provided: this proxy key has expired.")
     return key
@@ -96,7 +101,10 @@ def _quota_headers(reservation: Reservation | None, key: KeyInfo) -> dict[str, s
     budget: list[Decimal] = []
     requests: list[int] = []
     tokens: list[int] = []
-    for state, limits in ((reservation.key_state, key.key_limits), (reservation.user_state, key.user_limits)):
+    for state, limits in (
+        (reservation.key_state, key.key_limits),
+        (reservation.user_state, key.user_limits),
+    ):
         if limits.budget_usd is not None:
             budget.append(limits.budget_usd - state.spent_usd - state.reserved_usd)
         if limits.request_limit is not None:
@@ -105,7 +113,9 @@ def _quota_headers(reservation: Reservation | None, key: KeyInfo) -> dict[str, s
             tokens.append(limits.token_limit - state.tokens - state.reserved_tokens)
     headers = {}
     if budget:
-        headers["x-proxy-budget-remaining-usd"] = str(max(min(budget), Decimal(0)).quantize(Decimal("0.000001")))
+        headers["x-proxy-budget-remaining-usd"] = str(
+            max(min(budget), Decimal(0)).quantize(Decimal("0.000001"))
+        )
     if requests:
         headers["x-proxy-requests-remaining"] = str(max(min(requests), 0))
     if tokens:
@@ -114,7 +124,11 @@ def _quota_headers(reservation: Reservation | None, key: KeyInfo) -> dict[str, s
 
 
 def _relayed_headers(resp: aiohttp.ClientResponse, extra: dict[str, str]) -> dict[str, str]:
-    headers = {name: resp.headers[name] for name in upstream.RELAYED_RESPONSE_HEADERS if name in resp.headers}
+    headers = {
+        name: resp.headers[name]
+        for name in upstream.RELAYED_RESPONSE_HEADERS
+        if name in resp.headers
+    }
     headers.update(extra)
     return headers
 
@@ -125,7 +139,7 @@ def _scrub(data: bytes) -> bytes:
     return data.replace(secret, b"sk-***") if secret and secret in data else data
 
 
-def _int_field(body: dict[str, Any], *names: str) -> int | None | HttpResponse:
+def _int_field(body: dict[str, Any], *names: str) -> int | HttpResponse | None:
     """The first of `names` present, validated as a non-negative integer."""
     for name in names:
         value = body.get(name)
@@ -141,7 +155,9 @@ def _prompt_tokens(kind: str, body: dict[str, Any], model: str) -> int:
     if kind == "chat":
         tokens = count_chat_prompt(body.get("messages"), model)
         if body.get("tools") or body.get("functions"):
-            tokens += count_text(orjson.dumps(body.get("tools") or body.get("functions")).decode(), model)
+            tokens += count_text(
+                orjson.dumps(body.get("tools") or body.get("functions")).decode(), model
+            )
         return tokens
     if kind == "completion":
         return count_input(body.get("prompt"), model)
@@ -150,7 +166,9 @@ def _prompt_tokens(kind: str, body: dict[str, Any], model: str) -> int:
     if kind == "moderation":
         return count_input(body.get("input"), model)
     # responses
-    return count_input(body.get("input"), model) + count_text(str(body.get("instructions") or ""), model)
+    return count_input(body.get("input"), model) + count_text(
+        str(body.get("instructions") or ""), model
+    )
 
 
 async def _refuse(ex: Exchange, response: HttpResponse, error_code: str) -> HttpResponse:
@@ -171,19 +189,24 @@ async def _owns_response(user_id: int, response_id: str) -> bool:
     return await owned.aexists()
 
 
-async def _grant(ex: Exchange, *, cost: Decimal, tokens: int, rate_tokens: int) -> HttpResponse | None:
+async def _grant(
+    ex: Exchange, *, cost: Decimal, tokens: int, rate_tokens: int
+) -> HttpResponse | None:
     """Rate limits, then the atomic reservation. Returns an error response, or None if granted."""
     ticket = await rate_acquire(ex.key, tokens=rate_tokens)
     if isinstance(ticket, RateLimited):
         return await _refuse(
-            ex, errors.rate_limited(ticket.message, kind=ticket.kind, retry_after=ticket.retry_after),
+            ex,
+            errors.rate_limited(ticket.message, kind=ticket.kind, retry_after=ticket.retry_after),
             "rate_limit_exceeded",
         )
     ex.ticket = ticket
     try:
         for attempt in range(_SETTLE_RETRIES + 1):
             try:
-                ex.reservation = await in_db_thread(quota_reserve, key=ex.key, cost=cost, tokens=tokens, now=ex.now)
+                ex.reservation = await in_db_thread(
+                    quota_reserve, key=ex.key, cost=cost, tokens=tokens, now=ex.now
+                )
                 break
             except QuotaExceeded as exc:
                 if not exc.in_flight or attempt == _SETTLE_RETRIES:
@@ -196,30 +219,64 @@ async def _grant(ex: Exchange, *, cost: Decimal, tokens: int, rate_tokens: int) 
     except QuotaExceeded as exc:
         return await _refuse(ex, errors.insufficient_quota(exc.message), "insufficient_quota")
     except KeyInactive:
-        return await _refuse(ex, errors.invalid_api_key("Incorrect API key provided: this proxy key was revoked."), "invalid_api_key")
+        return await _refuse(
+            ex,
+            errors.invalid_api_key("Incorrect API key provided: this proxy key was revoked."),
+            "invalid_api_key",
+        )
     return None
 
 
-async def _send(ex: Exchange, method: str, path: str, body: bytes | None, request: HttpRequest, query: str = "") -> aiohttp.ClientResponse | HttpResponse:
+async def _send(
+    ex: Exchange, method: str, path: str, body: bytes | None, request: HttpRequest, query: str = ""
+) -> aiohttp.ClientResponse | HttpResponse:
     try:
         return await upstream.open_request(
-            method, path, headers=upstream.upstream_headers(dict(request.headers)), body=body, query=query
+            method,
+            path,
+            headers=upstream.upstream_headers(dict(request.headers)),
+            body=body,
+            query=query,
         )
     except TimeoutError:
-        return await _refuse(ex, errors.openai_error(504, "OpenAI did not answer in time.", type="upstream_error", code="upstream_timeout"), "upstream_timeout")
+        return await _refuse(
+            ex,
+            errors.openai_error(
+                504,
+                "OpenAI did not answer in time.",
+                type="upstream_error",
+                code="upstream_timeout",
+            ),
+            "upstream_timeout",
+        )
     except (aiohttp.ClientError, OSError) as exc:
         log.warning("upstream unreachable: %s", type(exc).__name__)
-        return await _refuse(ex, errors.openai_error(502, "The proxy could not reach OpenAI.", type="upstream_error", code="upstream_unreachable"), "upstream_unreachable")
+        return await _refuse(
+            ex,
+            errors.openai_error(
+                502,
+                "The proxy could not reach OpenAI.",
+                type="upstream_error",
+                code="upstream_unreachable",
+            ),
+            "upstream_unreachable",
+        )
 
 
 def _upstream_auth_failed(ex: Exchange, resp: aiohttp.ClientResponse) -> HttpResponse:
     # A 401 from OpenAI means the operator's key is wrong, not the user's: saying 401 would
     # send users hunting for a problem with their own key.
     log.error("OpenAI rejected the proxy's upstream key (401)")
-    ex.finish(502, error_code="upstream_auth_failed", upstream_request_id=resp.headers.get("x-request-id", ""))
+    ex.finish(
+        502,
+        error_code="upstream_auth_failed",
+        upstream_request_id=resp.headers.get("x-request-id", ""),
+    )
     return errors.openai_error(
-        502, "OpenAI rejected the proxy's upstream key; the operator must fix OPENAI_API_KEY.",
-        type="upstream_error", code="upstream_auth_failed",
+        502,
+        "OpenAI rejected the proxy's upstream key; the operator must fix OPENAI_API_KEY.",
+        type="upstream_error",
+        code="upstream_auth_failed",
     )
 
 
@@ -228,10 +285,28 @@ async def _read_all(ex: Exchange, resp: aiohttp.ClientResponse) -> bytes | HttpR
         data = await resp.read()
     except TimeoutError:
         resp.close()
-        return await _refuse(ex, errors.openai_error(504, "OpenAI did not answer in time.", type="upstream_error", code="upstream_timeout"), "upstream_timeout")
+        return await _refuse(
+            ex,
+            errors.openai_error(
+                504,
+                "OpenAI did not answer in time.",
+                type="upstream_error",
+                code="upstream_timeout",
+            ),
+            "upstream_timeout",
+        )
     except (aiohttp.ClientError, OSError):
         resp.close()
-        return await _refuse(ex, errors.openai_error(502, "The connection to OpenAI broke.", type="upstream_error", code="upstream_unreachable"), "upstream_unreachable")
+        return await _refuse(
+            ex,
+            errors.openai_error(
+                502,
+                "The connection to OpenAI broke.",
+                type="upstream_error",
+                code="upstream_unreachable",
+            ),
+            "upstream_unreachable",
+        )
     finally:
         resp.release()
     ex.first_byte()
@@ -249,14 +324,20 @@ async def relay(request: HttpRequest, path: str, url_key: str | None = None) -> 
     except Exception:
         log.exception("relay error on /v1/%s", path[:64])
         ex.finish(500, error_code="proxy_error")
-        return errors.openai_error(500, "The proxy failed on this request.", type="server_error", code="proxy_error")
+        return errors.openai_error(
+            500, "The proxy failed on this request.", type="server_error", code="proxy_error"
+        )
 
 
 async def _dispatch(request: HttpRequest, ex: Exchange, path: str) -> HttpResponse:
     method = request.method
     if path in METERED:
         if method != "POST":
-            return await _refuse(ex, errors.openai_error(405, f"Use POST for /v1/{path}.", code="method_not_allowed"), "method_not_allowed")
+            return await _refuse(
+                ex,
+                errors.openai_error(405, f"Use POST for /v1/{path}.", code="method_not_allowed"),
+                "method_not_allowed",
+            )
         return await _metered(request, ex, METERED[path])
     if path == "models" and method == "GET":
         return await _models(request, ex)
@@ -275,29 +356,67 @@ async def _metered(request: HttpRequest, ex: Exchange, kind: str) -> HttpRespons
     except RequestDataTooBig:
         raw = None
     if raw is None or len(raw) > settings.PROXY_MAX_BODY_BYTES:
-        return await _refuse(ex, errors.openai_error(413, f"Request body is larger than {settings.PROXY_MAX_BODY_BYTES} bytes."), "body_too_large")
+        return await _refuse(
+            ex,
+            errors.openai_error(
+                413, f"Request body is larger than {settings.PROXY_MAX_BODY_BYTES} bytes."
+            ),
+            "body_too_large",
+        )
     body = loads(raw)
     if not isinstance(body, dict):
-        return await _refuse(ex, errors.openai_error(400, "We could not parse the JSON body of your request. The body must be a JSON object."), "invalid_json")
+        return await _refuse(
+            ex,
+            errors.openai_error(
+                400,
+                "We could not parse the JSON body of your request. The body must be a JSON object.",
+            ),
+            "invalid_json",
+        )
     model = body.get("model")
     if kind == "moderation" and model is None:
         # `model` is optional on moderations (the SDK leaves it out); OpenAI then uses this.
         model = "omni-moderation-latest"
     if not isinstance(model, str) or not model:
-        return await _refuse(ex, errors.openai_error(400, "You must provide a model parameter.", param="model"), "missing_model")
+        return await _refuse(
+            ex,
+            errors.openai_error(400, "You must provide a model parameter.", param="model"),
+            "missing_model",
+        )
     ex.model = model
     stream = body.get("stream", False)
     if stream is not None and not isinstance(stream, bool):
-        return await _refuse(ex, errors.openai_error(400, "'stream' must be a boolean.", param="stream"), "invalid_type")
+        return await _refuse(
+            ex,
+            errors.openai_error(400, "'stream' must be a boolean.", param="stream"),
+            "invalid_type",
+        )
     ex.stream = bool(stream) and kind in ("chat", "completion", "responses")
     ex.requested_tier = str(body.get("service_tier") or "")
     ex.keep_request_body(body)
     if kind == "responses" and body.get("background") is True:
-        return await _refuse(ex, errors.openai_error(400, "background responses are not supported by this proxy: their cost is only known when fetched later. Send the request without 'background'.", param="background", code="unsupported_parameter"), "unsupported_parameter")
+        return await _refuse(
+            ex,
+            errors.openai_error(
+                400,
+                "background responses are not supported by this proxy: their cost is only known when fetched later. Send the request without 'background'.",
+                param="background",
+                code="unsupported_parameter",
+            ),
+            "unsupported_parameter",
+        )
     previous = body.get("previous_response_id")
     if kind == "responses" and previous is not None:
         if not isinstance(previous, str) or not await _owns_response(ex.key.user_id, previous):
-            return await _refuse(ex, errors.openai_error(404, f"Previous response with id '{previous}' not found.", param="previous_response_id"), "not_found")
+            return await _refuse(
+                ex,
+                errors.openai_error(
+                    404,
+                    f"Previous response with id '{previous}' not found.",
+                    param="previous_response_id",
+                ),
+                "not_found",
+            )
     if kind == "chat":
         max_out = _int_field(body, "max_completion_tokens", "max_tokens")
     elif kind == "completion":
@@ -309,11 +428,29 @@ async def _metered(request: HttpRequest, ex: Exchange, kind: str) -> HttpRespons
     if isinstance(max_out, HttpResponse):
         return await _refuse(ex, max_out, "invalid_type")
     if not ex.key.model_allowed(model):
-        return await _refuse(ex, errors.openai_error(403, f"This key may not use the model '{model}'.", param="model", code="model_not_allowed"), "model_not_allowed")
+        return await _refuse(
+            ex,
+            errors.openai_error(
+                403,
+                f"This key may not use the model '{model}'.",
+                param="model",
+                code="model_not_allowed",
+            ),
+            "model_not_allowed",
+        )
     book = await aprice_book()
     price = book.price(model, ex.now)
     if (price is None or not price.is_priced) and ex.key.has_budget and kind != "moderation":
-        return await _refuse(ex, errors.openai_error(400, f"The model '{model}' has no price in this proxy's price table, and this key has a budget. Ask the operator to add a price.", param="model", code="model_not_priced"), "model_not_priced")
+        return await _refuse(
+            ex,
+            errors.openai_error(
+                400,
+                f"The model '{model}' has no price in this proxy's price table, and this key has a budget. Ask the operator to add a price.",
+                param="model",
+                code="model_not_priced",
+            ),
+            "model_not_priced",
+        )
     if len(raw) > _INLINE_TOKENISE_BYTES:
         prompt = await sync_to_async(_prompt_tokens, thread_sensitive=False)(kind, body, model)
     else:
@@ -323,15 +460,23 @@ async def _metered(request: HttpRequest, ex: Exchange, kind: str) -> HttpRespons
     explicit_max = max_out or 0
     if kind == "completion":
         prompts = body.get("prompt")
-        many = len(prompts) if isinstance(prompts, list) and prompts and not isinstance(prompts[0], int) else 1
+        many = (
+            len(prompts)
+            if isinstance(prompts, list) and prompts and not isinstance(prompts[0], int)
+            else 1
+        )
         # The legacy endpoint's documented default is 16 tokens per choice.
         reserve_out = (max_out if max_out is not None else 16) * choices * many
     elif kind in ("chat", "responses"):
-        reserve_out = (max_out if max_out is not None else settings.PROXY_DEFAULT_OUTPUT_TOKENS) * choices
+        reserve_out = (
+            max_out if max_out is not None else settings.PROXY_DEFAULT_OUTPUT_TOKENS
+        ) * choices
     else:
         reserve_out = 0
     cost = price.worst_case(prompt, reserve_out) if price is not None else Decimal(0)
-    refused = await _grant(ex, cost=cost, tokens=prompt + reserve_out, rate_tokens=prompt + explicit_max * choices)
+    refused = await _grant(
+        ex, cost=cost, tokens=prompt + reserve_out, rate_tokens=prompt + explicit_max * choices
+    )
     if refused is not None:
         return refused
 
@@ -341,7 +486,9 @@ async def _metered(request: HttpRequest, ex: Exchange, kind: str) -> HttpRespons
         options = body.get("stream_options") if isinstance(body.get("stream_options"), dict) else {}
         client_wants_usage = options.get("include_usage") is True
         if not client_wants_usage:
-            upstream_body = orjson.dumps({**body, "stream_options": {**options, "include_usage": True}})
+            upstream_body = orjson.dumps(
+                {**body, "stream_options": {**options, "include_usage": True}}
+            )
     resp = await _send(ex, "POST", _path_of(kind), upstream_body, request)
     if isinstance(resp, HttpResponse):
         return resp
@@ -350,11 +497,21 @@ async def _metered(request: HttpRequest, ex: Exchange, kind: str) -> HttpRespons
     if resp.status == 401:
         resp.release()
         return _upstream_auth_failed(ex, resp)
-    if ex.stream and resp.status == 200 and resp.headers.get("content-type", "").startswith("text/event-stream"):
-        state: StreamState = ResponsesStream() if kind == "responses" else ChatStream(client_wants_usage=client_wants_usage)
+    if (
+        ex.stream
+        and resp.status == 200
+        and resp.headers.get("content-type", "").startswith("text/event-stream")
+    ):
+        state: StreamState = (
+            ResponsesStream()
+            if kind == "responses"
+            else ChatStream(client_wants_usage=client_wants_usage)
+        )
         headers["cache-control"] = "no-cache"
         headers["x-accel-buffering"] = "no"
-        response = StreamingHttpResponse(_relay_stream(ex, resp, state, book, request_id), status=200, headers=headers)
+        response = StreamingHttpResponse(
+            _relay_stream(ex, resp, state, book, request_id), status=200, headers=headers
+        )
         # If the client leaves before the first chunk is pulled, the generator never runs and
         # its `finally` with it: record and close from the response's finalizer instead.
         weakref.finalize(response, _abandoned, asyncio.get_running_loop(), ex, resp)
@@ -379,8 +536,13 @@ async def _metered(request: HttpRequest, ex: Exchange, kind: str) -> HttpRespons
     else:
         data = _scrub(data)
     ex.finish(
-        resp.status, book=book, usage=usage, response_model=response_model, service_tier=tier,
-        upstream_request_id=request_id, response_id=response_id,
+        resp.status,
+        book=book,
+        usage=usage,
+        response_model=response_model,
+        service_tier=tier,
+        upstream_request_id=request_id,
+        response_id=response_id,
         error_code="" if resp.status < 400 else _upstream_error_code(data),
         response_body=data.decode("utf-8", "replace") if ex.log_bodies else "",
     )
@@ -411,13 +573,22 @@ def _upstream_error_code(data: bytes) -> str:
 
 
 def _stream_error_event(state: StreamState, message: str) -> bytes:
-    error = {"error": {"message": message, "type": "upstream_error", "param": None, "code": "stream_interrupted"}}
+    error = {
+        "error": {
+            "message": message,
+            "type": "upstream_error",
+            "param": None,
+            "code": "stream_interrupted",
+        }
+    }
     if isinstance(state, ResponsesStream):
         return b"event: error\ndata: " + orjson.dumps({"type": "error", **error}) + b"\n\n"
     return b"data: " + orjson.dumps(error) + b"\n\n"
 
 
-async def _relay_stream(ex: Exchange, resp: aiohttp.ClientResponse, state: StreamState, book: PriceBook, request_id: str):  # noqa: ANN202 (async generator)
+async def _relay_stream(
+    ex: Exchange, resp: aiohttp.ClientResponse, state: StreamState, book: PriceBook, request_id: str
+) -> AsyncIterator[bytes]:
     """Pass each SSE event on as it arrives; whatever ends the stream, record it once."""
     buffer = SSEBuffer()
     outcome = "client_gone"  # what a CancelledError / GeneratorExit below means
@@ -457,13 +628,19 @@ async def _relay_stream(ex: Exchange, resp: aiohttp.ClientResponse, state: Strea
             service_tier=state.service_tier,
             upstream_request_id=request_id,
             response_id=state.response_id,
-            error_code={"done": "", "client_gone": "client_disconnected"}.get(outcome, "stream_interrupted"),
+            error_code={"done": "", "client_gone": "client_disconnected"}.get(
+                outcome, "stream_interrupted"
+            ),
             client_disconnected=outcome == "client_gone",
-            response_body=response_summary(state.response_model or ex.model, text, state.usage) if ex.log_bodies else "",
+            response_body=response_summary(state.response_model or ex.model, text, state.usage)
+            if ex.log_bodies
+            else "",
         )
     if outcome in ("cut", "ended_early"):
         # A clean end for the client: an error event its SDK raises, instead of a hang.
-        yield _stream_error_event(state, "The upstream stream from OpenAI ended before it was complete.")
+        yield _stream_error_event(
+            state, "The upstream stream from OpenAI ended before it was complete."
+        )
 
 
 async def _models(request: HttpRequest, ex: Exchange) -> HttpResponse:
@@ -482,7 +659,11 @@ async def _models(request: HttpRequest, ex: Exchange) -> HttpResponse:
     payload = loads(data)
     if resp.status == 200 and isinstance(payload, dict) and isinstance(payload.get("data"), list):
         if ex.key.key_limits.models or ex.key.user_limits.models:
-            payload["data"] = [m for m in payload["data"] if isinstance(m, dict) and ex.key.model_allowed(str(m.get("id")))]
+            payload["data"] = [
+                m
+                for m in payload["data"]
+                if isinstance(m, dict) and ex.key.model_allowed(str(m.get("id")))
+            ]
             data = orjson.dumps(payload)
     ex.finish(resp.status, upstream_request_id=resp.headers.get("x-request-id", ""))
     return HttpResponse(_scrub(data), status=resp.status, headers=_relayed_headers(resp, {}))
@@ -491,18 +672,36 @@ async def _models(request: HttpRequest, ex: Exchange) -> HttpResponse:
 async def _model(request: HttpRequest, ex: Exchange, model: str) -> HttpResponse:
     ex.model = model
     if not ex.key.model_allowed(model):
-        return await _refuse(ex, errors.openai_error(404, f"The model '{model}' does not exist or you do not have access to it.", code="model_not_found"), "model_not_found")
+        return await _refuse(
+            ex,
+            errors.openai_error(
+                404,
+                f"The model '{model}' does not exist or you do not have access to it.",
+                code="model_not_found",
+            ),
+            "model_not_found",
+        )
     return await _passthrough(request, ex, f"models/{model}")
 
 
-async def _stored_response(request: HttpRequest, ex: Exchange, path: str, response_id: str) -> HttpResponse:
+async def _stored_response(
+    request: HttpRequest, ex: Exchange, path: str, response_id: str
+) -> HttpResponse:
     # All users share one upstream account; only the user who made a response may see it.
     if not await _owns_response(ex.key.user_id, response_id):
-        return await _refuse(ex, errors.openai_error(404, f"Response with id '{response_id}' not found.", code="not_found"), "not_found")
+        return await _refuse(
+            ex,
+            errors.openai_error(
+                404, f"Response with id '{response_id}' not found.", code="not_found"
+            ),
+            "not_found",
+        )
     return await _passthrough(request, ex, path, query=request.META.get("QUERY_STRING", ""))
 
 
-async def _passthrough(request: HttpRequest, ex: Exchange, path: str, query: str = "") -> HttpResponse:
+async def _passthrough(
+    request: HttpRequest, ex: Exchange, path: str, query: str = ""
+) -> HttpResponse:
     refused = await _grant(ex, cost=Decimal(0), tokens=0, rate_tokens=0)
     if refused is not None:
         return refused
@@ -515,12 +714,16 @@ async def _passthrough(request: HttpRequest, ex: Exchange, path: str, query: str
     data = await _read_all(ex, resp)
     if isinstance(data, HttpResponse):
         return data
-    ex.finish(resp.status, upstream_request_id=resp.headers.get("x-request-id", ""),
-              error_code="" if resp.status < 400 else _upstream_error_code(data))
+    ex.finish(
+        resp.status,
+        upstream_request_id=resp.headers.get("x-request-id", ""),
+        error_code="" if resp.status < 400 else _upstream_error_code(data),
+    )
     return HttpResponse(_scrub(data), status=resp.status, headers=_relayed_headers(resp, {}))
 
 
 # -- the proxy's own endpoints -----------------------------------------------------------------
+
 
 def _ledger_view(limits: Any, state: LedgerState | None, period: str, start: Any) -> dict[str, Any]:
     spent = state.spent_usd if state else Decimal(0)
@@ -541,9 +744,13 @@ def _ledger_view(limits: Any, state: LedgerState | None, period: str, start: Any
         "remaining_requests": None,
     }
     if limits.budget_usd is not None:
-        view["remaining_usd"] = str(max(limits.budget_usd - spent - reserved, Decimal(0)).quantize(Decimal("0.000001")))
+        view["remaining_usd"] = str(
+            max(limits.budget_usd - spent - reserved, Decimal(0)).quantize(Decimal("0.000001"))
+        )
     if limits.token_limit is not None:
-        view["remaining_tokens"] = max(limits.token_limit - tokens - (state.reserved_tokens if state else 0), 0)
+        view["remaining_tokens"] = max(
+            limits.token_limit - tokens - (state.reserved_tokens if state else 0), 0
+        )
     if limits.request_limit is not None:
         view["remaining_requests"] = max(limits.request_limit - requests, 0)
     return view
@@ -555,19 +762,35 @@ def _me(key: KeyInfo) -> dict[str, Any]:
     now = timezone.now()
     result: dict[str, Any] = {
         "object": "proxy.key",
-        "key": {"id": key.id, "prefix": key.prefix, "name": key.name, "username": key.username,
-                "expires_at": key.expires_at.isoformat() if key.expires_at else None},
+        "key": {
+            "id": key.id,
+            "prefix": key.prefix,
+            "name": key.name,
+            "username": key.username,
+            "expires_at": key.expires_at.isoformat() if key.expires_at else None,
+        },
         "limits": {"key": key.key_limits.as_dict(), "user": key.user_limits.as_dict()},
         "usage": {},
     }
-    for scope, limits, owner in (("key", key.key_limits, {"api_key_id": key.id}), ("user", key.user_limits, {"user_id": key.user_id})):
+    for scope, limits, owner in (
+        ("key", key.key_limits, {"api_key_id": key.id}),
+        ("user", key.user_limits, {"user_id": key.user_id}),
+    ):
         ledger = ledger_for(period=limits.period, now=now, **owner)
         state = None
         if ledger is not None:
-            state = LedgerState(period=ledger.period, period_start=ledger.period_start, spent_usd=ledger.spent_usd,
-                                reserved_usd=ledger.reserved_usd, tokens=ledger.tokens,
-                                reserved_tokens=ledger.reserved_tokens, requests=ledger.requests)
-        result["usage"][scope] = _ledger_view(limits, state, limits.period, period_start(limits.period, now))
+            state = LedgerState(
+                period=ledger.period,
+                period_start=ledger.period_start,
+                spent_usd=ledger.spent_usd,
+                reserved_usd=ledger.reserved_usd,
+                tokens=ledger.tokens,
+                reserved_tokens=ledger.reserved_tokens,
+                requests=ledger.requests,
+            )
+        result["usage"][scope] = _ledger_view(
+            limits, state, limits.period, period_start(limits.period, now)
+        )
     return result
 
 
@@ -608,4 +831,6 @@ async def readyz(request: HttpRequest) -> HttpResponse:
     except Exception as exc:  # noqa: BLE001
         checks["cache"] = f"error: {type(exc).__name__}"
     ready = all(v == "ok" for v in checks.values())
-    return JsonResponse({"status": "ok" if ready else "unavailable", "checks": checks}, status=200 if ready else 503)
+    return JsonResponse(
+        {"status": "ok" if ready else "unavailable", "checks": checks}, status=200 if ready else 503
+    )

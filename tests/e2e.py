@@ -12,7 +12,9 @@ import pytest
 from tests.servers import FakeOpenAI, ProxyServer
 
 
-def wait_for(predicate: Callable[[], object], *, timeout: float = 10.0, what: str = "condition") -> object:
+def wait_for(
+    predicate: Callable[[], object], *, timeout: float = 10.0, what: str = "condition"
+) -> object:
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -56,7 +58,7 @@ class E2E:
             user_limit_set(user=api_key.user, **user_limits)
         return secret
 
-    def client(self, secret: str, *, url_form: str = "bearer", **options: object):  # noqa: ANN201
+    def client(self, secret: str, *, url_form: str = "bearer", **options: object):
         from openai import OpenAI
 
         options.setdefault("max_retries", 0)
@@ -66,7 +68,7 @@ class E2E:
 
 
 @pytest.fixture
-def e2e(transactional_db, proxy: ProxyServer, fake_openai: FakeOpenAI) -> Iterator[E2E]:  # noqa: ANN001
+def e2e(transactional_db, proxy: ProxyServer, fake_openai: FakeOpenAI) -> Iterator[E2E]:
     """A proxy process on the test database, prices loaded, a fresh fake upstream."""
     from usage.models import ModelPrice
     from usage.services import prices_load

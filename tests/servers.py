@@ -38,7 +38,7 @@ def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 30) -> None:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode} before answering {url}")
         try:
-            with urllib.request.urlopen(url, timeout=1):  # noqa: S310 (loopback only)
+            with urllib.request.urlopen(url, timeout=1):
                 return
         except Exception:  # noqa: BLE001
             time.sleep(0.1)
@@ -62,8 +62,10 @@ class FakeOpenAI:
 
     def _call(self, path: str, method: str = "GET") -> dict:
         root = self.url.removesuffix("/v1")
-        request = urllib.request.Request(root + path, method=method, data=b"" if method == "POST" else None)  # noqa: S310
-        with urllib.request.urlopen(request, timeout=5) as resp:  # noqa: S310
+        request = urllib.request.Request(
+            root + path, method=method, data=b"" if method == "POST" else None
+        )
+        with urllib.request.urlopen(request, timeout=5) as resp:
             return json.loads(resp.read() or b"{}")
 
     def stats(self) -> dict:
@@ -89,10 +91,12 @@ class ProxyServer:
 
 def start_fake_openai(log_dir: Path) -> FakeOpenAI:
     port = free_port()
-    log = open(log_dir / f"fake-openai-{port}.log", "w")  # noqa: SIM115 (lives with the process)
-    proc = subprocess.Popen(  # noqa: S603
+    log = open(log_dir / f"fake-openai-{port}.log", "w")
+    proc = subprocess.Popen(
         [sys.executable, "manage.py", "fake_openai", "--port", str(port), "--key", UPSTREAM_KEY],
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     fake = FakeOpenAI(url=f"http://127.0.0.1:{port}/v1", proc=proc)
     _wait_http(f"http://127.0.0.1:{port}/_fake/stats", proc)
@@ -108,11 +112,16 @@ def database_url() -> str:
     user = cfg.get("USER") or ""
     password = f":{cfg['PASSWORD']}" if cfg.get("PASSWORD") else ""
     auth = f"{user}{password}@" if user else ""
-    return f"postgres://{auth}{cfg.get('HOST') or '127.0.0.1'}:{cfg.get('PORT') or 5432}/{cfg['NAME']}"
+    return (
+        f"postgres://{auth}{cfg.get('HOST') or '127.0.0.1'}:{cfg.get('PORT') or 5432}/{cfg['NAME']}"
+    )
 
 
 def start_proxy(
-    upstream_url: str, log_dir: Path, *, extra_env: dict[str, str] | None = None,
+    upstream_url: str,
+    log_dir: Path,
+    *,
+    extra_env: dict[str, str] | None = None,
     app: str = "proxyserver.asgi:application",
 ) -> ProxyServer:
     port = free_port()
@@ -129,11 +138,32 @@ def start_proxy(
     }
     env.setdefault("CACHE_URL", "")
     log = log_dir / f"proxy-{port}.log"
-    proc = subprocess.Popen(  # noqa: S603
-        [sys.executable, "-m", "uvicorn", app, "--port", str(port), "--host", "127.0.0.1",
-         "--loop", "uvloop", "--http", "httptools", "--lifespan", "on", "--no-access-log",
-         "--log-level", "warning", "--timeout-graceful-shutdown", "10"],
-        cwd=ROOT, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT,  # noqa: SIM115
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            app,
+            "--port",
+            str(port),
+            "--host",
+            "127.0.0.1",
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+            "--lifespan",
+            "on",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+            "--timeout-graceful-shutdown",
+            "10",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=open(log, "w"),
+        stderr=subprocess.STDOUT,
     )
     server = ProxyServer(url=f"http://127.0.0.1:{port}", proc=proc, log=log)
     _wait_http(f"{server.url}/healthz", proc)
@@ -153,7 +183,9 @@ def fake_openai(server_logs: Path) -> Iterator[FakeOpenAI]:
 
 
 @pytest.fixture(scope="session")
-def proxy(django_db_setup, django_db_blocker, fake_openai: FakeOpenAI, server_logs: Path) -> Iterator[ProxyServer]:  # noqa: ANN001
+def proxy(
+    django_db_setup, django_db_blocker, fake_openai: FakeOpenAI, server_logs: Path
+) -> Iterator[ProxyServer]:
     """One proxy process for the session, on the test database, with in-process rate limits."""
     with django_db_blocker.unblock():
         server = start_proxy(fake_openai.url, server_logs)

@@ -113,7 +113,9 @@ class UsageRecord(models.Model):
     ttfb_ms = models.PositiveIntegerField("time to first byte (ms)", null=True, blank=True)
     upstream_request_id = models.CharField(max_length=128, blank=True)
     response_id = models.CharField(
-        max_length=128, blank=True, db_index=True,
+        max_length=128,
+        blank=True,
+        db_index=True,
         help_text="Responses API id, so only its owner may read or continue it.",
     )
     request_body = models.TextField(blank=True)

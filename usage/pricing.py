@@ -50,7 +50,10 @@ class Price:
 
     @property
     def is_priced(self) -> bool:
-        return self.rates.get("input_per_1m") is not None or self.rates.get("output_per_1m") is not None
+        return (
+            self.rates.get("input_per_1m") is not None
+            or self.rates.get("output_per_1m") is not None
+        )
 
     def tier_rates(self, tier: str | None, prompt_tokens: int) -> tuple[Decimal, Decimal, Decimal]:
         """(input, cached input, output) per 1M for the tier actually used."""
@@ -61,7 +64,11 @@ class Price:
         # A tier the file has no price for is billed at the standard rate: OpenAI answers with
         # `service_tier: "default"` in that case anyway.
         prefix = {"flex": "flex_", "priority": "priority_", "batch": "batch_"}.get(tier or "")
-        if prefix is None and prompt_tokens > 272_000 and self.rate("gt272k_input_per_1m") is not None:
+        if (
+            prefix is None
+            and prompt_tokens > 272_000
+            and self.rate("gt272k_input_per_1m") is not None
+        ):
             prefix = "gt272k_"
         if prefix and self.rate(f"{prefix}input_per_1m") is not None:
             inp = self.rate(f"{prefix}input_per_1m") or ZERO

@@ -37,7 +37,9 @@ def _decimal(text: str | None) -> Decimal | None:
 
 
 @transaction.atomic
-def prices_load(*, path: Path = SHIPPED_PRICES, effective_from: dt.datetime | None = None) -> PriceLoadResult:
+def prices_load(
+    *, path: Path = SHIPPED_PRICES, effective_from: dt.datetime | None = None
+) -> PriceLoadResult:
     """Load a price file (the shipped one by default). A model whose price differs from the
     one in force gets a new row from `effective_from` (now by default), so past records keep
     the price they were billed at; a model seen for the first time is priced from always."""
@@ -47,7 +49,9 @@ def prices_load(*, path: Path = SHIPPED_PRICES, effective_from: dt.datetime | No
     result = PriceLoadResult()
     with open(path, newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
-        if "model" not in (reader.fieldnames or []) or "input_per_1m" not in (reader.fieldnames or []):
+        if "model" not in (reader.fieldnames or []) or "input_per_1m" not in (
+            reader.fieldnames or []
+        ):
             raise ValueError(f"{path}: needs at least the columns model and input_per_1m")
         for line in reader:
             model = (line.get("model") or "").strip()
@@ -57,7 +61,9 @@ def prices_load(*, path: Path = SHIPPED_PRICES, effective_from: dt.datetime | No
             extra = {
                 "mode": (line.get("mode") or "").strip(),
                 "deprecation_date": (line.get("deprecation_date") or "").strip() or None,
-                "max_input_tokens": int(line["max_input_tokens"]) if (line.get("max_input_tokens") or "").strip() else None,
+                "max_input_tokens": int(line["max_input_tokens"])
+                if (line.get("max_input_tokens") or "").strip()
+                else None,
             }
             current = (
                 ModelPrice.objects.filter(model=model, effective_from__lte=when)
@@ -109,13 +115,19 @@ def usage_records_create(*, items: list[tuple[Reservation | None, UsageRecord]])
     UsageRecord.objects.bulk_create(records)
     rollups: dict[tuple, dict[str, int | Decimal]] = {}
     for record in records:
-        key = (record.created_at.astimezone(dt.UTC).date(), record.user_id, record.api_key_id,
-               record.response_model or record.model)
+        key = (
+            record.created_at.astimezone(dt.UTC).date(),
+            record.user_id,
+            record.api_key_id,
+            record.response_model or record.model,
+        )
         total = rollups.setdefault(key, dict.fromkeys(_rollup_deltas(record), 0))
         for field, value in _rollup_deltas(record).items():
             total[field] += value
     # Sorted, so two writers lock the rollup rows they share in the same order.
-    for (day, user_id, api_key_id, model), deltas in sorted(rollups.items(), key=lambda kv: repr(kv[0])):
+    for (day, user_id, api_key_id, model), deltas in sorted(
+        rollups.items(), key=lambda kv: repr(kv[0])
+    ):
         # UPDATE first, INSERT on a miss: concurrent writers never lose a count, because the
         # increment happens in the database, not in Python.
         row = {"day": day, "user_id": user_id, "api_key_id": api_key_id, "model": model}

@@ -21,8 +21,21 @@ def issue(*args: str) -> str:
 
 @pytest.mark.django_db
 def test_create_api_key_prints_the_key_alone_and_stores_only_its_hash():
-    secret = issue("erin", "--budget", "12.50", "--period", "month", "--models", "gpt-4o-mini,gpt-4.1*",
-                   "--rpm", "30", "--expires", "2030-01-01T00:00:00Z", "--name", "erin ci")
+    secret = issue(
+        "erin",
+        "--budget",
+        "12.50",
+        "--period",
+        "month",
+        "--models",
+        "gpt-4o-mini,gpt-4.1*",
+        "--rpm",
+        "30",
+        "--expires",
+        "2030-01-01T00:00:00Z",
+        "--name",
+        "erin ci",
+    )
 
     assert secret.startswith("sk-proxy-") and len(secret) >= len("sk-proxy-") + 32
     key = ApiKey.objects.get(key_hash=key_hash(secret))
@@ -34,7 +47,9 @@ def test_create_api_key_prints_the_key_alone_and_stores_only_its_hash():
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize("args", [["--budget", "ten"], ["--budget", "-1"], ["--expires", "soon"], ["--rpm", "0"]])
+@pytest.mark.parametrize(
+    "args", [["--budget", "ten"], ["--budget", "-1"], ["--expires", "soon"], ["--rpm", "0"]]
+)
 def test_create_api_key_refuses_bad_flags(args):
     with pytest.raises(CommandError):
         issue("frank", *args)
@@ -50,22 +65,37 @@ def test_original_create_route_issues_one_key_per_username(client, staff):
     second = client.post("/create_api_key/gina", {"user": "staff", "password": "staff-pass"})
 
     assert first.status_code == 201
-    assert ApiKey.objects.filter(key_hash=key_hash(first.json()["key"]), user__username="gina").exists()
-    assert second.status_code == 409 and "already has an active key" in second.json()["error"]["message"]
+    assert ApiKey.objects.filter(
+        key_hash=key_hash(first.json()["key"]), user__username="gina"
+    ).exists()
+    assert (
+        second.status_code == 409
+        and "already has an active key" in second.json()["error"]["message"]
+    )
 
 
 @pytest.mark.django_db
 def test_original_create_route_needs_admin_credentials(client, staff, django_user_model):
     django_user_model.objects.create_user("mallory", password="mallory-pass")
-    assert client.post("/create_api_key/hal", HTTP_AUTHORIZATION=basic("staff", "wrong")).status_code == 401
-    assert client.post("/create_api_key/hal", {"user": "mallory", "password": "mallory-pass"}).status_code == 401
+    assert (
+        client.post("/create_api_key/hal", HTTP_AUTHORIZATION=basic("staff", "wrong")).status_code
+        == 401
+    )
+    assert (
+        client.post(
+            "/create_api_key/hal", {"user": "mallory", "password": "mallory-pass"}
+        ).status_code
+        == 401
+    )
     assert not ApiKey.objects.filter(user__username="hal").exists()
 
 
 @pytest.mark.django_db
 def test_original_get_form_is_refused_unless_allowed(client, staff, settings):
     refused = client.get("/create_api_key/ivan?user=staff&password=staff-pass")
-    assert refused.status_code == 405 and "LEGACY_CREATE_KEY_GET" in refused.json()["error"]["message"]
+    assert (
+        refused.status_code == 405 and "LEGACY_CREATE_KEY_GET" in refused.json()["error"]["message"]
+    )
 
     settings.LEGACY_CREATE_KEY_GET = True
     allowed = client.get("/create_api_key/ivan?user=staff&password=staff-pass")
@@ -73,7 +103,10 @@ def test_original_get_form_is_refused_unless_allowed(client, staff, settings):
 
 
 def test_serve_maps_the_original_database_flags():
-    assert database_url("postgresql", "u", "p@ss", "db.local", "proxy") == "postgres://u:p%40ss@db.local/proxy"
+    assert (
+        database_url("postgresql", "u", "p@ss", "db.local", "proxy")
+        == "postgres://u:p%40ss@db.local/proxy"
+    )
     assert database_url("mysql", "root", "", "", "proxy") == "mysql://root@127.0.0.1/proxy"
     assert database_url("sqlite", "", "", "", "proxy.db") == "sqlite:///proxy.db"
     with pytest.raises(CommandError):
@@ -87,8 +120,10 @@ def test_load_prices_keeps_history_when_a_price_changes(tmp_path):
 
     before = ModelPrice.objects.filter(model="gpt-4o-mini").get()
     changed = tmp_path / "prices.csv"
-    changed.write_text("model,input_per_1m,cached_input_per_1m,output_per_1m,mode\n"
-                       "gpt-4o-mini,0.2,0.1,0.8,chat\nbrand-new-model,1,,2,chat\n")
+    changed.write_text(
+        "model,input_per_1m,cached_input_per_1m,output_per_1m,mode\n"
+        "gpt-4o-mini,0.2,0.1,0.8,chat\nbrand-new-model,1,,2,chat\n"
+    )
     out = io.StringIO()
     call_command("load_prices", str(changed), stdout=out)
 
@@ -96,6 +131,8 @@ def test_load_prices_keeps_history_when_a_price_changes(tmp_path):
     assert "1 new models, 1 changed" in out.getvalue()
     assert [r.input_per_1m for r in rows] == [before.input_per_1m, Decimal("0.2")]
     book = price_book()
-    assert book.price("gpt-4o-mini", before.effective_from).rate("input_per_1m") == before.input_per_1m
+    assert (
+        book.price("gpt-4o-mini", before.effective_from).rate("input_per_1m") == before.input_per_1m
+    )
     assert book.price("gpt-4o-mini", rows[1].effective_from).rate("input_per_1m") == Decimal("0.2")
     assert book.price("brand-new-model", rows[0].effective_from) is not None

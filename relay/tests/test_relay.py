@@ -22,16 +22,18 @@ def price_of(model: str, prompt: int, completion: int, cached: int = 0) -> Decim
     from usage.models import ModelPrice
 
     row = ModelPrice.objects.filter(model=model).latest("effective_from")
-    cached_rate = row.cached_input_per_1m if row.cached_input_per_1m is not None else row.input_per_1m
+    cached_rate = (
+        row.cached_input_per_1m if row.cached_input_per_1m is not None else row.input_per_1m
+    )
     return (
         (prompt - cached) * row.input_per_1m + cached * cached_rate + completion * row.output_per_1m
     ) / Decimal(1_000_000)
 
 
 def raw_post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict, dict]:
-    request = urllib.request.Request(url, data=body, headers=headers, method="POST")  # noqa: S310
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
     try:
-        with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310
+        with urllib.request.urlopen(request, timeout=10) as resp:
             return resp.status, dict(resp.headers), json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         return exc.code, dict(exc.headers), json.loads(exc.read())
@@ -47,7 +49,10 @@ def test_chat_completion_is_relayed_and_priced_exactly(e2e):
     assert reply.model == "gpt-4o-mini-2024-07-18"
     [record] = records_for(secret, 1)
     assert (record.endpoint, record.model, record.response_model) == (
-        "chat/completions", "gpt-4o-mini", "gpt-4o-mini-2024-07-18")
+        "chat/completions",
+        "gpt-4o-mini",
+        "gpt-4o-mini-2024-07-18",
+    )
     assert record.status_code == 200 and not record.stream and not record.estimated
     assert record.prompt_tokens == reply.usage.prompt_tokens
     assert record.completion_tokens == reply.usage.completion_tokens
@@ -61,7 +66,9 @@ def test_chat_completion_is_relayed_and_priced_exactly(e2e):
 
 def test_upstream_sees_the_real_key_and_never_the_users(e2e):
     secret = e2e.key()
-    client = e2e.client(secret, default_headers={"OpenAI-Organization": "org-evil", "OpenAI-Project": "proj-evil"})
+    client = e2e.client(
+        secret, default_headers={"OpenAI-Organization": "org-evil", "OpenAI-Project": "proj-evil"}
+    )
 
     client.chat.completions.create(model="gpt-4o-mini", messages=HELLO)
 
@@ -76,7 +83,9 @@ def test_cached_tokens_are_priced_at_the_cached_rate(e2e):
     client = e2e.client(secret)
 
     reply = client.chat.completions.create(
-        model="gpt-4o", messages=HELLO, extra_body={"fake": {"cached_tokens": 8, "reasoning_tokens": 3}}
+        model="gpt-4o",
+        messages=HELLO,
+        extra_body={"fake": {"cached_tokens": 8, "reasoning_tokens": 3}},
     )
 
     [record] = records_for(secret, 1)
@@ -91,9 +100,11 @@ def test_streamed_chat_arrives_in_chunks_and_hides_the_usage_chunk(e2e):
     secret = e2e.key()
     client = e2e.client(secret)
 
-    chunks = list(client.chat.completions.create(
-        model="gpt-4o-mini", messages=HELLO, stream=True, extra_body={"fake": {"chunks": 5}}
-    ))
+    chunks = list(
+        client.chat.completions.create(
+            model="gpt-4o-mini", messages=HELLO, stream=True, extra_body={"fake": {"chunks": 5}}
+        )
+    )
 
     assert len(chunks) >= 5
     assert all(chunk.choices for chunk in chunks), "a client that did not ask got the usage chunk"
@@ -108,9 +119,11 @@ def test_streamed_chat_keeps_the_usage_chunk_for_clients_that_ask(e2e):
     secret = e2e.key()
     client = e2e.client(secret)
 
-    chunks = list(client.chat.completions.create(
-        model="gpt-4o-mini", messages=HELLO, stream=True, stream_options={"include_usage": True}
-    ))
+    chunks = list(
+        client.chat.completions.create(
+            model="gpt-4o-mini", messages=HELLO, stream=True, stream_options={"include_usage": True}
+        )
+    )
 
     assert chunks[-1].choices == [] and chunks[-1].usage is not None
     [record] = records_for(secret, 1)
@@ -149,7 +162,9 @@ def test_the_original_url_form_with_the_key_in_the_path(e2e):
     client = e2e.client(secret, url_form="path")
 
     reply = client.chat.completions.create(model="gpt-4o-mini", messages=HELLO)
-    streamed = list(client.chat.completions.create(model="gpt-4o-mini", messages=HELLO, stream=True))
+    streamed = list(
+        client.chat.completions.create(model="gpt-4o-mini", messages=HELLO, stream=True)
+    )
 
     assert reply.choices[0].message.content and streamed
     assert len(records_for(secret, 2)) == 2
@@ -197,11 +212,16 @@ def test_budget_is_spent_request_by_request_until_refused(e2e):
 def test_bad_bodies_get_openai_errors_not_500(e2e, body, status, param):
     secret = e2e.key()
 
-    code, _, payload = raw_post(f"{e2e.proxy.v1}/chat/completions", body,
-                                {"Authorization": f"Bearer {secret}", "Content-Type": "application/json"})
+    code, _, payload = raw_post(
+        f"{e2e.proxy.v1}/chat/completions",
+        body,
+        {"Authorization": f"Bearer {secret}", "Content-Type": "application/json"},
+    )
 
     assert code == status
-    assert payload["error"]["type"] == "invalid_request_error" and payload["error"]["param"] == param
+    assert (
+        payload["error"]["type"] == "invalid_request_error" and payload["error"]["param"] == param
+    )
     [record] = records_for(secret, 1)
     assert record.status_code == status
 
@@ -227,7 +247,9 @@ def test_wrong_missing_and_revoked_keys_get_401(e2e):
 
 def test_unknown_paths_are_404_in_openai_shape(e2e):
     secret = e2e.key()
-    code, _, payload = raw_post(f"{e2e.proxy.v1}/fine_tuning/jobs", b"{}", {"Authorization": f"Bearer {secret}"})
+    code, _, payload = raw_post(
+        f"{e2e.proxy.v1}/fine_tuning/jobs", b"{}", {"Authorization": f"Bearer {secret}"}
+    )
     assert code == 404 and payload["error"]["code"] == "unknown_url"
     assert records_for(secret, 1)[0].status_code == 404
 
@@ -238,8 +260,11 @@ def test_upstream_errors_pass_through_with_their_status_and_request_id(e2e):
 
     with pytest.raises(openai.InternalServerError) as failed:
         client.chat.completions.create(
-            model="gpt-4o-mini", messages=HELLO,
-            extra_body={"fake": {"fail_status": 503, "fail_message": "overloaded", "retry_after": 3}},
+            model="gpt-4o-mini",
+            messages=HELLO,
+            extra_body={
+                "fake": {"fail_status": 503, "fail_message": "overloaded", "retry_after": 3}
+            },
         )
 
     assert failed.value.status_code == 503
@@ -253,14 +278,20 @@ def test_unreachable_and_slow_upstreams_get_502_and_504(e2e, server_logs):
     secret = e2e.key()
     dead = f"http://127.0.0.1:{free_port()}/v1"
     with running(start_proxy(dead, server_logs)) as proxy:
-        code, _, payload = raw_post(f"{proxy.v1}/chat/completions",
-                                    json.dumps({"model": "gpt-4o-mini", "messages": HELLO}).encode(),
-                                    {"Authorization": f"Bearer {secret}"})
-        assert code == 502 and payload["error"]["type"] == "upstream_error"
-    with running(start_proxy(e2e.upstream.url, server_logs, extra_env={"PROXY_UPSTREAM_READ_TIMEOUT": "0.3"})) as proxy:
         code, _, payload = raw_post(
             f"{proxy.v1}/chat/completions",
-            json.dumps({"model": "gpt-4o-mini", "messages": HELLO, "fake": {"latency_ms": 2000}}).encode(),
+            json.dumps({"model": "gpt-4o-mini", "messages": HELLO}).encode(),
+            {"Authorization": f"Bearer {secret}"},
+        )
+        assert code == 502 and payload["error"]["type"] == "upstream_error"
+    with running(
+        start_proxy(e2e.upstream.url, server_logs, extra_env={"PROXY_UPSTREAM_READ_TIMEOUT": "0.3"})
+    ) as proxy:
+        code, _, payload = raw_post(
+            f"{proxy.v1}/chat/completions",
+            json.dumps(
+                {"model": "gpt-4o-mini", "messages": HELLO, "fake": {"latency_ms": 2000}}
+            ).encode(),
             {"Authorization": f"Bearer {secret}"},
         )
         assert code == 504 and payload["error"]["type"] == "upstream_error"
@@ -284,7 +315,9 @@ def test_legacy_028_sdk_with_api_base(e2e):
         "e = openai.Embedding.create(model='text-embedding-3-small', input='hi')\n"
         "print(len(e['data'][0]['embedding']))\n"
     )
-    done = subprocess.run([str(legacy), "-c", script], capture_output=True, text=True, timeout=60, check=False)  # noqa: S603
+    done = subprocess.run(
+        [str(legacy), "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
     assert done.returncode == 0, done.stderr
     assert len(records_for(secret, 3)) == 3
 
@@ -294,15 +327,19 @@ def test_proxy_me_reports_limits_and_spend(e2e):
     e2e.client(secret).chat.completions.create(model="gpt-4o-mini", messages=HELLO)
     [record] = records_for(secret, 1)
 
-    request = urllib.request.Request(f"{e2e.proxy.v1}/proxy/me", headers={"Authorization": f"Bearer {secret}"})  # noqa: S310
-    with urllib.request.urlopen(request, timeout=5) as resp:  # noqa: S310
+    request = urllib.request.Request(
+        f"{e2e.proxy.v1}/proxy/me", headers={"Authorization": f"Bearer {secret}"}
+    )
+    with urllib.request.urlopen(request, timeout=5) as resp:
         me = json.loads(resp.read())
 
     assert me["limits"]["key"]["budget_usd"] == "2" and me["limits"]["key"]["rpm"] == 100
     usage = me["usage"]["key"]
     assert usage["period"] == "day" and usage["requests"] == 1
     assert Decimal(usage["spent_usd"]) == record.cost_usd.quantize(Decimal("0.000001"))
-    assert Decimal(usage["remaining_usd"]) == (Decimal(2) - record.cost_usd).quantize(Decimal("0.000001"))
+    assert Decimal(usage["remaining_usd"]) == (Decimal(2) - record.cost_usd).quantize(
+        Decimal("0.000001")
+    )
 
 
 def test_upstream_key_never_in_error_bodies(e2e):
@@ -310,15 +347,20 @@ def test_upstream_key_never_in_error_bodies(e2e):
     client = e2e.client(secret)
     with pytest.raises(openai.BadRequestError) as failed:
         client.chat.completions.create(
-            model="gpt-4o-mini", messages=HELLO,
-            extra_body={"fake": {"fail_status": 400, "fail_message": f"bad key {UPSTREAM_KEY} used"}},
+            model="gpt-4o-mini",
+            messages=HELLO,
+            extra_body={
+                "fake": {"fail_status": 400, "fail_message": f"bad key {UPSTREAM_KEY} used"}
+            },
         )
     assert UPSTREAM_KEY not in failed.value.response.text
 
 
 def test_base64_embeddings_decode_to_the_upstream_vector(e2e):
     secret = e2e.key()
-    raw = e2e.client(secret).embeddings.with_raw_response.create(model="text-embedding-3-small", input="x")
+    raw = e2e.client(secret).embeddings.with_raw_response.create(
+        model="text-embedding-3-small", input="x"
+    )
     payload = json.loads(raw.http_response.text)
     assert isinstance(payload["data"][0]["embedding"], str)
     assert len(base64.b64decode(payload["data"][0]["embedding"])) % 4 == 0

@@ -14,9 +14,7 @@ import pytest
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-NO_CHROMIUM = (
-    "Chromium not installed: apt-get install chromium (make test-browser / .ci/run installs it)"
-)
+NO_CHROMIUM = "Chromium not installed: apt-get install chromium (.ci/run installs it)"
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",

@@ -29,12 +29,16 @@ class Command(BaseCommand):
         parser.add_argument("username")
         parser.add_argument("--budget", type=_budget, help="budget in USD per period")
         parser.add_argument("--period", choices=Period.values, default=Period.TOTAL)
-        parser.add_argument("--models", default="", help="comma-separated allow-list (patterns like gpt-4o*)")
+        parser.add_argument(
+            "--models", default="", help="comma-separated allow-list (patterns like gpt-4o*)"
+        )
         parser.add_argument("--rpm", type=int)
         parser.add_argument("--tpm", type=int)
         parser.add_argument("--max-concurrent", type=int)
         parser.add_argument("--tokens", type=int, dest="token_limit", help="tokens per period")
-        parser.add_argument("--requests", type=int, dest="request_limit", help="requests per period")
+        parser.add_argument(
+            "--requests", type=int, dest="request_limit", help="requests per period"
+        )
         parser.add_argument("--expires", help="expiry, ISO 8601 (e.g. 2027-01-31T00:00:00Z)")
         parser.add_argument("--name", default="")
 

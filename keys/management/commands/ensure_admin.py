@@ -10,7 +10,9 @@ from django.core.management.base import BaseCommand
 
 
 class Command(BaseCommand):
-    help = "Create the admin user named by ADMIN_USERNAME with ADMIN_PASSWORD, if it does not exist."
+    help = (
+        "Create the admin user named by ADMIN_USERNAME with ADMIN_PASSWORD, if it does not exist."
+    )
 
     def handle(self, *args: object, **options: object) -> None:
         username = os.environ.get("ADMIN_USERNAME") or settings.ADMIN_USERNAME

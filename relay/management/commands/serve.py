@@ -17,8 +17,14 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 DB_SCHEMES = {
-    "postgres": "postgres", "postgresql": "postgres", "pgsql": "postgres", "psql": "postgres",
-    "mysql": "mysql", "mariadb": "mysql", "sqlite": "sqlite", "sqlite3": "sqlite",
+    "postgres": "postgres",
+    "postgresql": "postgres",
+    "pgsql": "postgres",
+    "psql": "postgres",
+    "mysql": "mysql",
+    "mariadb": "mysql",
+    "sqlite": "sqlite",
+    "sqlite3": "sqlite",
 }
 
 
@@ -36,11 +42,20 @@ class Command(BaseCommand):
     help = "Serve the proxy (ASGI, uvicorn + uvloop + httptools) on 0.0.0.0:$PORT."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("-p", "--port", type=int, default=None, help="port (default $PORT or 8000)")
+        parser.add_argument(
+            "-p", "--port", type=int, default=None, help="port (default $PORT or 8000)"
+        )
         parser.add_argument("--host", default="0.0.0.0")  # noqa: S104 (a server listens)
-        parser.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "1")))
+        parser.add_argument(
+            "--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "1"))
+        )
         parser.add_argument("-t", "--db-type", default=None)
-        parser.add_argument("-m", "--db-module", default=None, help="accepted for compatibility; the driver follows -t")
+        parser.add_argument(
+            "-m",
+            "--db-module",
+            default=None,
+            help="accepted for compatibility; the driver follows -t",
+        )
         parser.add_argument("-u", "--db-username", default="")
         parser.add_argument("-w", "--db-password", default="")
         parser.add_argument("-b", "--db-host", default="")
@@ -55,8 +70,11 @@ class Command(BaseCommand):
         setup_needed = False
         if options["db_type"]:
             env["DATABASE_URL"] = database_url(
-                str(options["db_type"]), str(options["db_username"]), str(options["db_password"]),
-                str(options["db_host"]), str(options["db_name"]),
+                str(options["db_type"]),
+                str(options["db_username"]),
+                str(options["db_password"]),
+                str(options["db_host"]),
+                str(options["db_name"]),
             )
             setup_needed = True
         if options["api_key"]:
@@ -75,14 +93,33 @@ class Command(BaseCommand):
             manage = [sys.executable, str(settings.BASE_DIR / "manage.py")]
             for command in (["migrate", "--noinput"], ["ensure_admin"]):
                 subprocess.run([*manage, *command], env=env, check=True)  # noqa: S603
-        self.stderr.write(f"serving on http://{options['host']}:{port} (workers: {options['workers']})")
+        self.stderr.write(
+            f"serving on http://{options['host']}:{port} (workers: {options['workers']})"
+        )
         argv = [
-            sys.executable, "-m", "uvicorn", "proxyserver.asgi:application",
-            "--host", str(options["host"]), "--port", str(port),
-            "--workers", str(options["workers"]),
-            "--loop", "uvloop", "--http", "httptools", "--lifespan", "on",
-            "--no-access-log", "--log-level", str(options["log_level"]),
-            "--timeout-graceful-shutdown", "30", "--backlog", "4096",
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "proxyserver.asgi:application",
+            "--host",
+            str(options["host"]),
+            "--port",
+            str(port),
+            "--workers",
+            str(options["workers"]),
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+            "--lifespan",
+            "on",
+            "--no-access-log",
+            "--log-level",
+            str(options["log_level"]),
+            "--timeout-graceful-shutdown",
+            "30",
+            "--backlog",
+            "4096",
         ]
         # exec, so the server reads the mapped settings fresh and gets our signals directly.
         os.chdir(settings.BASE_DIR)

@@ -53,3 +53,13 @@ def not_found(path: str) -> HttpResponse:
         f"Invalid URL (/v1/{path}): this proxy does not serve it.",
         code="unknown_url",
     )
+
+
+def upstream_timeout() -> HttpResponse:
+    return openai_error(
+        504, "OpenAI did not answer in time.", type="upstream_error", code="upstream_timeout"
+    )
+
+
+def upstream_unreachable(message: str) -> HttpResponse:
+    return openai_error(502, message, type="upstream_error", code="upstream_unreachable")

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import re
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
 from typing import Any
 
@@ -239,26 +239,12 @@ async def _send(
             query=query,
         )
     except TimeoutError:
-        return await _refuse(
-            ex,
-            errors.openai_error(
-                504,
-                "OpenAI did not answer in time.",
-                type="upstream_error",
-                code="upstream_timeout",
-            ),
-            "upstream_timeout",
-        )
+        return await _refuse(ex, errors.upstream_timeout(), "upstream_timeout")
     except (aiohttp.ClientError, OSError) as exc:
         log.warning("upstream unreachable: %s", type(exc).__name__)
         return await _refuse(
             ex,
-            errors.openai_error(
-                502,
-                "The proxy could not reach OpenAI.",
-                type="upstream_error",
-                code="upstream_unreachable",
-            ),
+            errors.upstream_unreachable("The proxy could not reach OpenAI."),
             "upstream_unreachable",
         )
 
@@ -285,26 +271,12 @@ async def _read_all(ex: Exchange, resp: aiohttp.ClientResponse) -> bytes | HttpR
         data = await resp.read()
     except TimeoutError:
         resp.close()
-        return await _refuse(
-            ex,
-            errors.openai_error(
-                504,
-                "OpenAI did not answer in time.",
-                type="upstream_error",
-                code="upstream_timeout",
-            ),
-            "upstream_timeout",
-        )
+        return await _refuse(ex, errors.upstream_timeout(), "upstream_timeout")
     except (aiohttp.ClientError, OSError):
         resp.close()
         return await _refuse(
             ex,
-            errors.openai_error(
-                502,
-                "The connection to OpenAI broke.",
-                type="upstream_error",
-                code="upstream_unreachable",
-            ),
+            errors.upstream_unreachable("The connection to OpenAI broke."),
             "upstream_unreachable",
         )
     finally:
@@ -643,30 +615,21 @@ async def _relay_stream(
         )
 
 
-async def _models(request: HttpRequest, ex: Exchange) -> HttpResponse:
-    refused = await _grant(ex, cost=Decimal(0), tokens=0, rate_tokens=0)
-    if refused is not None:
-        return refused
-    resp = await _send(ex, "GET", "models", None, request)
-    if isinstance(resp, HttpResponse):
-        return resp
-    if resp.status == 401:
-        resp.release()
-        return _upstream_auth_failed(ex, resp)
-    data = await _read_all(ex, resp)
-    if isinstance(data, HttpResponse):
-        return data
+def _allowed_models_only(ex: Exchange, data: bytes) -> bytes:
+    """The model list, less the models this key may not use."""
     payload = loads(data)
-    if resp.status == 200 and isinstance(payload, dict) and isinstance(payload.get("data"), list):
-        if ex.key.key_limits.models or ex.key.user_limits.models:
-            payload["data"] = [
-                m
-                for m in payload["data"]
-                if isinstance(m, dict) and ex.key.model_allowed(str(m.get("id")))
-            ]
-            data = orjson.dumps(payload)
-    ex.finish(resp.status, upstream_request_id=resp.headers.get("x-request-id", ""))
-    return HttpResponse(_scrub(data), status=resp.status, headers=_relayed_headers(resp, {}))
+    if not (isinstance(payload, dict) and isinstance(payload.get("data"), list)):
+        return data
+    if not (ex.key.key_limits.models or ex.key.user_limits.models):
+        return data
+    payload["data"] = [
+        m for m in payload["data"] if isinstance(m, dict) and ex.key.model_allowed(str(m.get("id")))
+    ]
+    return orjson.dumps(payload)
+
+
+async def _models(request: HttpRequest, ex: Exchange) -> HttpResponse:
+    return await _passthrough(request, ex, "models", rewrite=_allowed_models_only)
 
 
 async def _model(request: HttpRequest, ex: Exchange, model: str) -> HttpResponse:
@@ -700,8 +663,14 @@ async def _stored_response(
 
 
 async def _passthrough(
-    request: HttpRequest, ex: Exchange, path: str, query: str = ""
+    request: HttpRequest,
+    ex: Exchange,
+    path: str,
+    query: str = "",
+    rewrite: Callable[[Exchange, bytes], bytes] | None = None,
 ) -> HttpResponse:
+    """An unmetered call (models, stored responses): granted like any other, so a revoked key
+    or a rate limit stops it, then relayed as is (or through `rewrite` when it succeeded)."""
     refused = await _grant(ex, cost=Decimal(0), tokens=0, rate_tokens=0)
     if refused is not None:
         return refused
@@ -714,6 +683,8 @@ async def _passthrough(
     data = await _read_all(ex, resp)
     if isinstance(data, HttpResponse):
         return data
+    if resp.status == 200 and rewrite is not None:
+        data = rewrite(ex, data)
     ex.finish(
         resp.status,
         upstream_request_id=resp.headers.get("x-request-id", ""),

@@ -34,8 +34,8 @@ from usage.exports import CsvRenderer, csv_streaming_response
 from usage.filters import UsageRecordFilter
 from usage.models import UsageRecord
 from usage.selectors import (
+    ROLLUP_SUMS,
     SUMMARY_GROUPS,
-    SUMMARY_SUMS,
     usage_record_count,
     usage_record_get,
     usage_records_for,
@@ -330,7 +330,7 @@ class UsageSummaryApi(ApiAuthMixin, APIView):
         }
         if scope is None:  # filters naming someone this viewer may not see, or no one
             body["results"] = []
-            body["totals"] = {**dict.fromkeys(SUMMARY_SUMS, 0), "cost_usd": Decimal(0)}
+            body["totals"] = {**dict.fromkeys(ROLLUP_SUMS, 0), "cost_usd": Decimal(0)}
         else:
             span = {"model": data.get("model"), "start": data.get("from"), "end": data.get("to")}
             body["results"] = usage_summary(group_by=data["group_by"], **scope, **span)

@@ -136,6 +136,19 @@ class UsageRecord(models.Model):
         return self.cost_usd is not None
 
 
+# The summed columns of UsageDaily: what every report and export adds up.
+ROLLUP_SUMS = (
+    "requests",
+    "errors",
+    "prompt_tokens",
+    "cached_tokens",
+    "completion_tokens",
+    "reasoning_tokens",
+    "cost_usd",
+    "unpriced_requests",
+)
+
+
 class UsageDaily(models.Model):
     """Per user × key × model × UTC day totals, updated in the transaction that adds a record."""
 

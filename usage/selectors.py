@@ -14,7 +14,7 @@ from django.core.cache import cache
 from django.db.models import F, Q, QuerySet, Sum
 
 from keys.models import ApiKey, Limits, QuotaLedger, UserLimit, period_end, period_start
-from usage.models import PRICE_COLUMNS, ModelPrice, UsageDaily, UsageRecord
+from usage.models import PRICE_COLUMNS, ROLLUP_SUMS, ModelPrice, UsageDaily, UsageRecord
 from usage.pricing import Price
 
 
@@ -33,16 +33,6 @@ def price_rows() -> list[Price]:
 # UsageDaily rollup and the quota ledger, so a page costs the same at a thousand records as at
 # a million; the recent list walks the (user, -created_at) index and stops after `limit`.
 
-DASHBOARD_SUMS = (
-    "requests",
-    "errors",
-    "prompt_tokens",
-    "cached_tokens",
-    "completion_tokens",
-    "reasoning_tokens",
-    "cost_usd",
-    "unpriced_requests",
-)
 
 
 @dataclasses.dataclass
@@ -60,7 +50,7 @@ class UsageTotals:
     unpriced_requests: int = 0
 
     def add(self, row: Mapping[str, Any]) -> None:
-        for field in DASHBOARD_SUMS:
+        for field in ROLLUP_SUMS:
             setattr(self, field, getattr(self, field) + (row[f"sum_{field}"] or 0))
 
     @property
@@ -92,7 +82,7 @@ def _rollup_grouped(
     if user_id is not None:
         rows = rows.filter(user_id=user_id)
     # Prefixed: an annotation may not reuse the name of a model field.
-    sums = {f"sum_{field}": Sum(field) for field in DASHBOARD_SUMS}
+    sums = {f"sum_{field}": Sum(field) for field in ROLLUP_SUMS}
     return list(rows.values(*group).annotate(**sums).order_by())
 
 
@@ -306,17 +296,6 @@ def budget_lines(
 # at a million records as at a thousand.
 
 SUMMARY_GROUPS = ("day", "model", "user", "key")
-# The rollup columns a summary adds up, in the order the API lists them.
-SUMMARY_SUMS = (
-    "requests",
-    "prompt_tokens",
-    "cached_tokens",
-    "completion_tokens",
-    "reasoning_tokens",
-    "cost_usd",
-    "errors",
-    "unpriced_requests",
-)
 # The rollup columns each group is summed by. Names are looked up afterwards, for the few
 # groups found, rather than joined onto every rollup row. A key belongs to one user, so
 # grouping by the user too splits nothing; it keeps the owner's name on rows whose key was
@@ -361,7 +340,7 @@ def usage_daily_rows(
 
 
 def _summed(row: Mapping[str, Any]) -> dict[str, Any]:
-    sums: dict[str, Any] = {f: row[f"sum_{f}"] or 0 for f in SUMMARY_SUMS}
+    sums: dict[str, Any] = {f: row[f"sum_{f}"] or 0 for f in ROLLUP_SUMS}
     # SQLite hands NUMERIC sums back as floats made Decimal; twelve places is what is stored.
     sums["cost_usd"] = Decimal(sums["cost_usd"]).quantize(Decimal("1E-12"))
     return sums
@@ -379,7 +358,7 @@ def usage_summary(
     """Requests, tokens, cost, errors and unpriced requests by day (oldest first), model, user
     or key (most spend first), from the rollup. Each row is the group's columns (`day`;
     `model`; `user`, `user_id`; `key` (prefix), `key_id`, `key_name`, `username`) followed by
-    the SUMMARY_SUMS; `cost_usd` is a Decimal. Days with no usage are left out."""
+    the ROLLUP_SUMS; `cost_usd` is a Decimal. Days with no usage are left out."""
     if group_by not in _GROUP_COLUMNS:
         raise ValueError(f"group_by must be one of {SUMMARY_GROUPS}, not {group_by!r}")
     columns = _GROUP_COLUMNS[group_by]
@@ -387,7 +366,7 @@ def usage_summary(
         user_id=user_id, api_key_id=api_key_id, model=model, start=start, end=end
     )
     grouped = list(
-        rows.values(*columns).annotate(**{f"sum_{f}": Sum(f) for f in SUMMARY_SUMS}).order_by()
+        rows.values(*columns).annotate(**{f"sum_{f}": Sum(f) for f in ROLLUP_SUMS}).order_by()
     )
     if group_by == "day":
         result = [{"day": row["day"], **_summed(row)} for row in grouped]
@@ -436,11 +415,11 @@ def usage_totals(
     start: dt.date | None = None,
     end: dt.date | None = None,
 ) -> dict[str, Any]:
-    """The SUMMARY_SUMS over the same rows as `usage_summary`, in one dict."""
+    """The ROLLUP_SUMS over the same rows as `usage_summary`, in one dict."""
     rows = usage_daily_rows(
         user_id=user_id, api_key_id=api_key_id, model=model, start=start, end=end
     )
-    return _summed(rows.aggregate(**{f"sum_{f}": Sum(f) for f in SUMMARY_SUMS}))
+    return _summed(rows.aggregate(**{f"sum_{f}": Sum(f) for f in ROLLUP_SUMS}))
 
 
 def usage_records_for(user: AbstractBaseUser | None) -> QuerySet[UsageRecord]:

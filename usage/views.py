@@ -24,6 +24,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from usage.charts import daily_spend_chart, spend_bar_chart
+from usage.models import ROLLUP_SUMS
 from usage.selectors import (
     DashboardUsage,
     UsageTotals,
@@ -40,16 +41,6 @@ RECENT_RECORDS = 50
 TOP_SPENDERS = 10
 MICRO_USD = Decimal("0.000001")
 CSV_GROUPS = ("model", "day", "user")
-CSV_COLUMNS = (
-    "requests",
-    "errors",
-    "prompt_tokens",
-    "cached_tokens",
-    "completion_tokens",
-    "reasoning_tokens",
-    "cost_usd",
-    "unpriced_requests",
-)
 
 
 class DateRangeForm(forms.Form):
@@ -192,9 +183,9 @@ def _render_csv(request: HttpRequest, subject: AbstractBaseUser | None) -> HttpR
         f'attachment; filename="usage-{scope}-by-{group_by}-{start}-{end}.csv"'
     )
     writer = csv.writer(response)
-    writer.writerow([group_by, *CSV_COLUMNS])
+    writer.writerow([group_by, *ROLLUP_SUMS])
     for row in rows:
-        values = {column: getattr(row, column) for column in CSV_COLUMNS}
+        values = {column: getattr(row, column) for column in ROLLUP_SUMS}
         # Blank, not 0, when nothing was priced: the page says "unpriced" there too.
         # Micro-dollars: SQLite adds the rollup's NUMERIC costs up as floats, so digits past
         # the sixth are noise there.

@@ -26,6 +26,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from relay.management.commands.serve import uvicorn_command  # noqa: E402
 from tests.servers import _stop, _wait_http, free_port  # noqa: E402
 
 UPSTREAM_KEY = "sk-bench-upstream"
@@ -118,23 +119,7 @@ def main() -> None:
     )
     env["OPENAI_BASE_URL"] = f"http://127.0.0.1:{fake_port}/v1"
     proxy = subprocess.Popen(
-        [
-            py,
-            "-m",
-            "uvicorn",
-            "proxyserver.asgi:application",
-            "--port",
-            str(proxy_port),
-            "--loop",
-            "uvloop",
-            "--http",
-            "httptools",
-            "--lifespan",
-            "on",
-            "--no-access-log",
-            "--log-level",
-            "warning",
-        ],
+        uvicorn_command(host="127.0.0.1", port=proxy_port),
         cwd=ROOT,
         env=env,
     )

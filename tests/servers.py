@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from relay.management.commands.serve import uvicorn_command
+
 ROOT = Path(__file__).resolve().parent.parent
 UPSTREAM_KEY = "sk-upstream-test-0123456789abcdef"
 
@@ -139,27 +141,7 @@ def start_proxy(
     env.setdefault("CACHE_URL", "")
     log = log_dir / f"proxy-{port}.log"
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            app,
-            "--port",
-            str(port),
-            "--host",
-            "127.0.0.1",
-            "--loop",
-            "uvloop",
-            "--http",
-            "httptools",
-            "--lifespan",
-            "on",
-            "--no-access-log",
-            "--log-level",
-            "warning",
-            "--timeout-graceful-shutdown",
-            "10",
-        ],
+        uvicorn_command(host="127.0.0.1", port=port, app=app),
         cwd=ROOT,
         env=env,
         stdout=open(log, "w"),

@@ -34,7 +34,6 @@ def price_rows() -> list[Price]:
 # a million; the recent list walks the (user, -created_at) index and stops after `limit`.
 
 
-
 @dataclasses.dataclass
 class UsageTotals:
     """Rollup rows summed under one label: a day (ISO date), a model or a username."""

@@ -38,6 +38,24 @@ def database_url(kind: str, user: str, password: str, host: str, name: str) -> s
     return f"{scheme}://{credentials}{'@' if credentials else ''}{host or '127.0.0.1'}/{name}"
 
 
+def uvicorn_command(
+    *,
+    host: str,
+    port: int,
+    workers: int = 1,
+    log_level: str = "warning",
+    app: str = "proxyserver.asgi:application",
+) -> list[str]:
+    """How the proxy is served; the tests and benchmarks start it the same way."""
+    return [
+        sys.executable, "-m", "uvicorn", app,
+        "--host", host, "--port", str(port), "--workers", str(workers),
+        "--loop", "uvloop", "--http", "httptools", "--lifespan", "on",
+        "--no-access-log", "--log-level", log_level,
+        "--timeout-graceful-shutdown", "30", "--backlog", "4096",
+    ]  # fmt: skip
+
+
 class Command(BaseCommand):
     help = "Serve the proxy (ASGI, uvicorn + uvloop + httptools) on 0.0.0.0:$PORT."
 
@@ -96,31 +114,12 @@ class Command(BaseCommand):
         self.stderr.write(
             f"serving on http://{options['host']}:{port} (workers: {options['workers']})"
         )
-        argv = [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "proxyserver.asgi:application",
-            "--host",
-            str(options["host"]),
-            "--port",
-            str(port),
-            "--workers",
-            str(options["workers"]),
-            "--loop",
-            "uvloop",
-            "--http",
-            "httptools",
-            "--lifespan",
-            "on",
-            "--no-access-log",
-            "--log-level",
-            str(options["log_level"]),
-            "--timeout-graceful-shutdown",
-            "30",
-            "--backlog",
-            "4096",
-        ]
+        argv = uvicorn_command(
+            host=str(options["host"]),
+            port=port,
+            workers=int(options["workers"]),  # type: ignore[arg-type]
+            log_level=str(options["log_level"]),
+        )
         # exec, so the server reads the mapped settings fresh and gets our signals directly.
         os.chdir(settings.BASE_DIR)
         os.execvpe(sys.executable, argv, env)  # noqa: S606

@@ -39,13 +39,14 @@ test: $(VENV)/.dev .venv-legacy/.installed
 ## demo: a fake OpenAI upstream, the proxy on it, a demo user and key: try it with no OpenAI key
 demo: $(VENV)/.dev
 	$(PY) manage.py migrate --noinput
-	$(PY) manage.py ensure_admin
+	ADMIN_PASSWORD=$${ADMIN_PASSWORD:-admin} $(PY) manage.py ensure_admin
 	@$(PY) manage.py fake_openai --port $(DEMO_UPSTREAM_PORT) --key sk-demo-upstream & \
 	 upstream=$$!; trap "kill $$upstream" EXIT; \
 	 key=$$($(PY) manage.py create_api_key demo --budget 5 --period day --name demo 2>/dev/null | tail -n 1); \
 	 echo; echo "Demo key (user 'demo', \$$5 a day): $$key"; \
 	 echo "Try:  OPENAI_API_KEY=$$key OPENAI_BASE_URL=http://127.0.0.1:$(PORT)/v1 $(PY) -c \"from openai import OpenAI; print(OpenAI().chat.completions.create(model='gpt-4o-mini', messages=[{'role':'user','content':'hi'}]).choices[0].message.content)\""; \
-	 echo "Usage: http://127.0.0.1:$(PORT)/dashboard/ (admin: ADMIN_USERNAME/ADMIN_PASSWORD)"; echo; \
+	 $(PY) manage.py shell -c "from django.contrib.auth import get_user_model as users; u = users().objects.get(username='demo'); u.set_password('demo'); u.save()"; \
+	 echo "Dashboard: http://127.0.0.1:$(PORT)/dashboard/ (user demo / demo; admin: /admin/ as admin, password ADMIN_PASSWORD or 'admin')"; echo; \
 	 OPENAI_BASE_URL=http://127.0.0.1:$(DEMO_UPSTREAM_PORT)/v1 OPENAI_API_KEY=sk-demo-upstream $(PY) manage.py serve --port $(PORT)
 
 ## bench: relay latency against the fake upstream, and the quota step's cost

@@ -1,7 +1,7 @@
 """What the quota step costs a request: the atomic reservation, and the rate-limit script.
 
 Times `keys.services.quota_reserve` as the relay calls it (from an executor thread, via
-sync_to_async) on a key and user that both have a budget, then the settlement written with the
+the relay's database thread) on a key and user that both have a budget, then the settlement written with the
 usage record, and `keys.ratelimit.rate_acquire` + `rate_release` (Redis when --cache-url).
 
     .venv/bin/python bench/quota_step.py [--n 2000] [--database-url postgres://…] [--cache-url redis://…]
@@ -45,13 +45,13 @@ def main() -> None:
     import django
 
     django.setup()
-    from asgiref.sync import sync_to_async
     from django.db import transaction
     from django.utils import timezone
 
     from keys.ratelimit import rate_acquire, rate_release
     from keys.selectors import key_info_for_secret
     from keys.services import key_issue, quota_reserve, quota_settle, user_limit_set
+    from relay.database import in_db_thread
 
     api_key, secret = key_issue(
         username=f"bench-{time.time_ns()}",
@@ -62,23 +62,20 @@ def main() -> None:
     )
     user_limit_set(user=api_key.user, budget_usd=Decimal(1_000_000))
     key = key_info_for_secret(secret)
-    reserve = sync_to_async(quota_reserve, thread_sensitive=False)
 
     def settle(reservation) -> None:
         with transaction.atomic():
             quota_settle(reservation=reservation, cost=Decimal("0.0001"), tokens=30)
 
-    settle_async = sync_to_async(settle, thread_sensitive=False)
-
     async def run() -> tuple[list[float], list[float], list[float]]:
         reserve_ms, settle_ms, rate_ms = [], [], []
         for i in range(args.n + 100):
             start = time.perf_counter()
-            reservation = await reserve(
-                key=key, cost=Decimal("0.0002"), tokens=50, now=timezone.now()
+            reservation = await in_db_thread(
+                quota_reserve, key=key, cost=Decimal("0.0002"), tokens=50, now=timezone.now()
             )
             mid = time.perf_counter()
-            await settle_async(reservation)
+            await in_db_thread(settle, reservation)
             end = time.perf_counter()
             ticket = await rate_acquire(key, tokens=50)
             await rate_release(ticket, actual_tokens=40)

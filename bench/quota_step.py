@@ -1,8 +1,7 @@
 """What the quota step costs a request: the atomic reservation, and the rate-limit script.
 
-Times `keys.services.quota_reserve` as the relay calls it (from an executor thread, via
-the relay's database thread) on a key and user that both have a budget, then the settlement written with the
-usage record, and `keys.ratelimit.rate_acquire` + `rate_release` (Redis when --cache-url).
+Times `keys.services.quota_reserve` as the relay calls it (in the relay's database thread)
+on a key and a user that both have a budget, then the settlement written with the usage record, and `keys.ratelimit.rate_acquire` + `rate_release` (Redis when --cache-url).
 
     .venv/bin/python bench/quota_step.py [--n 2000] [--database-url postgres://…] [--cache-url redis://…]
 """

@@ -171,6 +171,28 @@ def _prompt_tokens(kind: str, body: dict[str, Any], model: str) -> int:
     )
 
 
+def _output_allowance(kind: str, body: dict[str, Any], max_out: int | None) -> tuple[int, int]:
+    """Output tokens to reserve against budgets (the most the request can produce), and to
+    count against TPM (what it asked for explicitly, as OpenAI counts)."""
+    n = body.get("n")
+    choices = n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1
+    if kind == "completion":
+        prompts = body.get("prompt")
+        many = (
+            len(prompts)
+            if isinstance(prompts, list) and prompts and not isinstance(prompts[0], int)
+            else 1
+        )
+        # The legacy endpoint's documented default is 16 tokens per choice.
+        reserve = (max_out if max_out is not None else 16) * choices * many
+    elif kind in ("chat", "responses"):
+        default = settings.PROXY_DEFAULT_OUTPUT_TOKENS
+        reserve = (max_out if max_out is not None else default) * choices
+    else:
+        reserve = 0
+    return reserve, (max_out or 0) * choices
+
+
 async def _refuse(ex: Exchange, response: HttpResponse, error_code: str) -> HttpResponse:
     ex.finish(response.status_code, error_code=error_code)
     return response
@@ -322,7 +344,11 @@ async def _dispatch(request: HttpRequest, ex: Exchange, path: str) -> HttpRespon
     return await _refuse(ex, errors.not_found(path), "unknown_url")
 
 
-async def _metered(request: HttpRequest, ex: Exchange, kind: str) -> HttpResponse:
+async def _parse_metered(
+    request: HttpRequest, ex: Exchange, kind: str
+) -> tuple[bytes, dict[str, Any], int | None] | HttpResponse:
+    """Check a metered request's body as OpenAI would: (raw body, parsed body, the output
+    maximum it names), or the error response (already recorded)."""
     try:
         raw = request.body
     except RequestDataTooBig:
@@ -399,6 +425,15 @@ async def _metered(request: HttpRequest, ex: Exchange, kind: str) -> HttpRespons
         max_out = 0
     if isinstance(max_out, HttpResponse):
         return await _refuse(ex, max_out, "invalid_type")
+    return raw, body, max_out
+
+
+async def _metered(request: HttpRequest, ex: Exchange, kind: str) -> HttpResponse:
+    parsed = await _parse_metered(request, ex, kind)
+    if isinstance(parsed, HttpResponse):
+        return parsed
+    raw, body, max_out = parsed
+    model = ex.model
     if not ex.key.model_allowed(model):
         return await _refuse(
             ex,
@@ -428,30 +463,26 @@ async def _metered(request: HttpRequest, ex: Exchange, kind: str) -> HttpRespons
     else:
         prompt = _prompt_tokens(kind, body, model)
     ex.prompt_estimate = prompt
-    choices = body.get("n") if isinstance(body.get("n"), int) and body.get("n", 1) > 0 else 1
-    explicit_max = max_out or 0
-    if kind == "completion":
-        prompts = body.get("prompt")
-        many = (
-            len(prompts)
-            if isinstance(prompts, list) and prompts and not isinstance(prompts[0], int)
-            else 1
-        )
-        # The legacy endpoint's documented default is 16 tokens per choice.
-        reserve_out = (max_out if max_out is not None else 16) * choices * many
-    elif kind in ("chat", "responses"):
-        reserve_out = (
-            max_out if max_out is not None else settings.PROXY_DEFAULT_OUTPUT_TOKENS
-        ) * choices
-    else:
-        reserve_out = 0
+    reserve_out, rate_out = _output_allowance(kind, body, max_out)
     cost = price.worst_case(prompt, reserve_out) if price is not None else Decimal(0)
     refused = await _grant(
-        ex, cost=cost, tokens=prompt + reserve_out, rate_tokens=prompt + explicit_max * choices
+        ex, cost=cost, tokens=prompt + reserve_out, rate_tokens=prompt + rate_out
     )
     if refused is not None:
         return refused
+    return await _forward_metered(request, ex, kind, raw, body, book)
 
+
+async def _forward_metered(
+    request: HttpRequest,
+    ex: Exchange,
+    kind: str,
+    raw: bytes,
+    body: dict[str, Any],
+    book: PriceBook,
+) -> HttpResponse:
+    """Send a granted request upstream and relay the answer: streamed event by event, or
+    whole; either way it is recorded once, with its cost."""
     upstream_body = raw
     client_wants_usage = True
     if ex.stream and kind in ("chat", "completion"):

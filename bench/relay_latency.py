@@ -80,6 +80,10 @@ def main() -> None:
     parser.add_argument("--database-url", default="")
     parser.add_argument("--cache-url", default="")
     parser.add_argument(
+        "--server", choices=("uvicorn", "granian"), default="uvicorn",
+        help="ASGI server to compare (granian: `pip install granian` first)",
+    )  # fmt: skip
+    parser.add_argument(
         "--budget", action="store_true", help="give the key a budget (reservation priced)"
     )
     args = parser.parse_args()
@@ -119,7 +123,11 @@ def main() -> None:
     )
     env["OPENAI_BASE_URL"] = f"http://127.0.0.1:{fake_port}/v1"
     proxy = subprocess.Popen(
-        uvicorn_command(host="127.0.0.1", port=proxy_port),
+        uvicorn_command(host="127.0.0.1", port=proxy_port)
+        if args.server == "uvicorn"
+        else [py, "-m", "granian", "--interface", "asgi", "--host", "127.0.0.1", "--port",
+              str(proxy_port), "--loop", "uvloop", "--no-ws", "--log-level", "warning",
+              "proxyserver.asgi:application"],  # fmt: skip
         cwd=ROOT,
         env=env,
     )
@@ -152,7 +160,7 @@ def main() -> None:
         _stop(fake)
     db = "PostgreSQL" if args.database_url.startswith("postgres") else "SQLite"
     print(
-        f"relay latency, {args.requests} sequential chat calls, {db}, "
+        f"relay latency ({args.server}), {args.requests} sequential chat calls, {db}, "
         f"cache {'Redis' if args.cache_url else 'in-process'}, key {'with' if args.budget else 'without'} budget"
     )
     print(f"{'':10} {'p50 ms':>8} {'p95 ms':>8} {'mean ms':>8}")

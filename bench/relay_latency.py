@@ -37,6 +37,14 @@ BODY = {
 }
 
 
+def granian_command(port: int) -> list[str]:
+    return [
+        sys.executable, "-m", "granian", "--interface", "asgi", "--host", "127.0.0.1",
+        "--port", str(port), "--loop", "uvloop", "--no-ws", "--log-level", "warning",
+        "proxyserver.asgi:application",
+    ]  # fmt: skip
+
+
 def pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(len(ordered) * p))]
@@ -125,9 +133,7 @@ def main() -> None:
     proxy = subprocess.Popen(
         uvicorn_command(host="127.0.0.1", port=proxy_port)
         if args.server == "uvicorn"
-        else [py, "-m", "granian", "--interface", "asgi", "--host", "127.0.0.1", "--port",
-              str(proxy_port), "--loop", "uvloop", "--no-ws", "--log-level", "warning",
-              "proxyserver.asgi:application"],  # fmt: skip
+        else granian_command(proxy_port),
         cwd=ROOT,
         env=env,
     )

@@ -364,3 +364,19 @@ def test_base64_embeddings_decode_to_the_upstream_vector(e2e):
     payload = json.loads(raw.http_response.text)
     assert isinstance(payload["data"][0]["embedding"], str)
     assert len(base64.b64decode(payload["data"][0]["embedding"])) % 4 == 0
+
+
+def test_a_body_over_the_size_limit_is_413(e2e, server_logs):
+    secret = e2e.key()
+    big = json.dumps(
+        {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x" * 5000}]}
+    )
+    with running(
+        start_proxy(e2e.upstream.url, server_logs, extra_env={"PROXY_MAX_BODY_BYTES": "1000"})
+    ) as proxy:
+        code, _, payload = raw_post(
+            f"{proxy.v1}/chat/completions", big.encode(), {"Authorization": f"Bearer {secret}"}
+        )
+    assert code == 413 and payload["error"]["type"] == "invalid_request_error"
+    assert records_for(secret, 1)[0].status_code == 413
+    assert e2e.upstream.stats()["requests"] == 0

@@ -21,38 +21,30 @@ def _dict(value: object) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def chat_usage(usage: object) -> TokenUsage | None:
-    """Chat, legacy completions and embeddings usage (`prompt_tokens` style)."""
+def _usage(usage: object, *, inp: str, out: str) -> TokenUsage | None:
     if not isinstance(usage, dict):
         return None
-    prompt_details = _dict(usage.get("prompt_tokens_details"))
-    completion_details = _dict(usage.get("completion_tokens_details"))
+    in_details = _dict(usage.get(f"{inp}_details"))
+    out_details = _dict(usage.get(f"{out}_details"))
     return TokenUsage(
-        prompt=_int(usage.get("prompt_tokens")),
-        cached=_int(prompt_details.get("cached_tokens")),
-        cache_write=_int(prompt_details.get("cache_write_tokens")),
-        audio_input=_int(prompt_details.get("audio_tokens")),
-        completion=_int(usage.get("completion_tokens")),
-        reasoning=_int(completion_details.get("reasoning_tokens")),
-        audio_output=_int(completion_details.get("audio_tokens")),
+        prompt=_int(usage.get(inp)),
+        cached=_int(in_details.get("cached_tokens")),
+        cache_write=_int(in_details.get("cache_write_tokens")),
+        audio_input=_int(in_details.get("audio_tokens")),
+        completion=_int(usage.get(out)),
+        reasoning=_int(out_details.get("reasoning_tokens")),
+        audio_output=_int(out_details.get("audio_tokens")),
     )
+
+
+def chat_usage(usage: object) -> TokenUsage | None:
+    """Chat, legacy completions and embeddings usage (`prompt_tokens` style)."""
+    return _usage(usage, inp="prompt_tokens", out="completion_tokens")
 
 
 def responses_usage(usage: object) -> TokenUsage | None:
     """Responses API usage (`input_tokens` style)."""
-    if not isinstance(usage, dict):
-        return None
-    input_details = _dict(usage.get("input_tokens_details"))
-    output_details = _dict(usage.get("output_tokens_details"))
-    return TokenUsage(
-        prompt=_int(usage.get("input_tokens")),
-        cached=_int(input_details.get("cached_tokens")),
-        cache_write=_int(input_details.get("cache_write_tokens")),
-        audio_input=_int(input_details.get("audio_tokens")),
-        completion=_int(usage.get("output_tokens")),
-        reasoning=_int(output_details.get("reasoning_tokens")),
-        audio_output=_int(output_details.get("audio_tokens")),
-    )
+    return _usage(usage, inp="input_tokens", out="output_tokens")
 
 
 def loads(data: bytes) -> Any:

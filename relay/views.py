@@ -8,6 +8,7 @@ database, and the upstream call. The usage record is written after the answer ha
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import re
 import weakref
@@ -25,10 +26,10 @@ from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpRe
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
-from keys.models import period_end
+from keys.models import QuotaLedger, period_end, period_start
 from keys.ratelimit import RateLimited, rate_acquire, uses_redis
-from keys.selectors import KeyInfo, akey_info_for_secret, ledger_for
-from keys.services import KeyInactive, LedgerState, QuotaExceeded, Reservation, quota_reserve
+from keys.selectors import KeyInfo, LimitSnapshot, akey_info_for_secret, ledger_for
+from keys.services import KeyInactive, QuotaExceeded, Reservation, quota_reserve
 from relay import errors, recording, upstream
 from relay.database import in_db_thread
 from relay.exchange import Exchange, response_owner
@@ -727,7 +728,9 @@ async def _passthrough(
 # -- the proxy's own endpoints -----------------------------------------------------------------
 
 
-def _ledger_view(limits: Any, state: LedgerState | None, period: str, start: Any) -> dict[str, Any]:
+def _ledger_view(
+    limits: LimitSnapshot, state: QuotaLedger | None, period: str, start: dt.datetime
+) -> dict[str, Any]:
     spent = state.spent_usd if state else Decimal(0)
     reserved = state.reserved_usd if state else Decimal(0)
     tokens = state.tokens if state else 0
@@ -759,8 +762,6 @@ def _ledger_view(limits: Any, state: LedgerState | None, period: str, start: Any
 
 
 def _me(key: KeyInfo) -> dict[str, Any]:
-    from keys.models import period_start
-
     now = timezone.now()
     result: dict[str, Any] = {
         "object": "proxy.key",
@@ -779,19 +780,8 @@ def _me(key: KeyInfo) -> dict[str, Any]:
         ("user", key.user_limits, {"user_id": key.user_id}),
     ):
         ledger = ledger_for(period=limits.period, now=now, **owner)
-        state = None
-        if ledger is not None:
-            state = LedgerState(
-                period=ledger.period,
-                period_start=ledger.period_start,
-                spent_usd=ledger.spent_usd,
-                reserved_usd=ledger.reserved_usd,
-                tokens=ledger.tokens,
-                reserved_tokens=ledger.reserved_tokens,
-                requests=ledger.requests,
-            )
         result["usage"][scope] = _ledger_view(
-            limits, state, limits.period, period_start(limits.period, now)
+            limits, ledger, limits.period, period_start(limits.period, now)
         )
     return result
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 from django.db import OperationalError, close_old_connections
 
@@ -32,21 +31,18 @@ _by_key: dict[int | None, set[asyncio.Future]] = {}
 
 
 def _write(items: list[Item]) -> None:
-    for attempt in range(6):
-        try:
-            usage_records_create(items=items)
-            return
-        except OperationalError:
-            # A dropped connection, a busy SQLite file or a deadlock victim: reconnect and try
-            # again, since a lost record is free usage and a reservation held forever.
-            close_old_connections()
-            if attempt == 5:
-                raise
-            time.sleep(0.05 * 2**attempt)
+    try:
+        usage_records_create(items=items)
+    except OperationalError:
+        # A dropped connection, a busy SQLite file or a deadlock victim: the transaction rolled
+        # back whole, so writing the same batch again can neither lose nor double a record.
+        close_old_connections()
+        raise
 
 
 async def _write_forever() -> None:
     assert _wakeup is not None
+    failures = 0
     while True:
         await _wakeup.wait()
         # Gather what finishes in the next moment: one transaction for many records costs a
@@ -57,13 +53,22 @@ async def _write_forever() -> None:
         _wakeup.clear()
         while _queue:
             batch = _queue[:BATCH]
-            del _queue[:BATCH]
             try:
                 await in_db_thread(
                     _write, [(reservation, record) for reservation, record, _ in batch]
                 )
+            except OperationalError:
+                # The database is away: keep the records (a lost one is free usage and a
+                # reservation held forever) and try again, less often the longer it lasts.
+                failures += 1
+                log.warning("usage records not written yet (%d waiting); retrying", len(_queue))
+                await asyncio.sleep(min(0.05 * 2**failures, 5.0))
+                continue
             except Exception:
+                # Not the database being away but these records (a bug): don't retry forever.
                 log.exception("%d usage records could not be written", len(batch))
+            failures = 0
+            del _queue[: len(batch)]
             for _, _, done in batch:
                 if not done.done():
                     done.set_result(None)

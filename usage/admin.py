@@ -18,7 +18,7 @@ from django.utils.functional import cached_property
 
 from usage.apis import UsageRecordOutputSerializer
 from usage.exports import csv_streaming_response
-from usage.models import ModelPrice, UsageDaily, UsageRecord
+from usage.models import ROLLUP_SUMS, ModelPrice, UsageDaily, UsageRecord
 from usage.pricing import price_book_reset
 from usage.selectors import usage_days, usage_record_count
 
@@ -294,20 +294,7 @@ class UsageRecordAdmin(admin.ModelAdmin):
 
 @admin.register(UsageDaily)
 class UsageDailyAdmin(admin.ModelAdmin):
-    list_display = (
-        "day",
-        "user",
-        "api_key",
-        "model",
-        "requests",
-        "errors",
-        "prompt_tokens",
-        "cached_tokens",
-        "completion_tokens",
-        "reasoning_tokens",
-        "cost_usd",
-        "unpriced_requests",
-    )
+    list_display = ("day", "user", "api_key", "model", *ROLLUP_SUMS)
     list_filter = ("day",)
     search_fields = ("model", "=user__username", "^api_key__prefix")
     date_hierarchy = "day"

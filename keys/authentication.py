@@ -9,13 +9,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
-from django.contrib.auth import get_user_model
 from django.utils import timezone
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 from rest_framework.permissions import BasePermission
 
+from keys.models import ApiKey
 from keys.selectors import KeyInfo, key_info_for_secret
 
 if TYPE_CHECKING:
@@ -59,11 +59,16 @@ class ProxyKeyAuthentication(BaseAuthentication):
             raise exceptions.AuthenticationFailed("Invalid API key.")
         if info.expires_at is not None and info.expires_at <= timezone.now():
             raise exceptions.AuthenticationFailed("This API key has expired.")
-        user = get_user_model().objects.filter(pk=info.user_id, is_active=True).first()
-        if user is None:
-            # The key info is cached for a few seconds; the user may have been deactivated since.
+        # The key info is cached for a few seconds: check the key row itself, so a key revoked
+        # (or a user deactivated) by another process is refused at once here too.
+        api_key = (
+            ApiKey.objects.select_related("user")
+            .filter(pk=info.id, revoked_at__isnull=True, user__is_active=True)
+            .first()
+        )
+        if api_key is None:
             raise exceptions.AuthenticationFailed("Invalid API key.")
-        return user, info
+        return api_key.user, info
 
     def authenticate_header(self, request: Request) -> str:
         return f'{self.keyword} realm="api"'

@@ -9,7 +9,7 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db import IntegrityError, connection, transaction
+from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.utils import timezone
 
 from keys.models import ApiKey, Period, QuotaLedger, UserLimit, key_hash, period_start
@@ -260,6 +260,12 @@ def _refusal(
 def quota_reserve(*, key: KeyInfo, cost: Decimal, tokens: int, now: dt.datetime) -> Reservation:
     """Reserve a request's worst-case cost and tokens on the key's and the user's ledgers, or
     refuse the whole request: both reservations happen in one transaction or neither does."""
+    # Not inside a caller's transaction: a refused call aborts the statement, which would
+    # abort that transaction too.
+    if connection.vendor == "postgresql" and not connection.in_atomic_block:
+        reservation = _reserve_in_one_call(key=key, cost=cost, tokens=tokens, now=now)
+        if reservation is not None:
+            return reservation
     with transaction.atomic():
         key_state = _reserve_one(
             scope="key",
@@ -297,6 +303,47 @@ def quota_reserve(*, key: KeyInfo, cost: Decimal, tokens: int, now: dt.datetime)
         tokens=tokens,
         key_state=key_state,
         user_state=user_state,
+    )
+
+
+def _reserve_in_one_call(
+    *, key: KeyInfo, cost: Decimal, tokens: int, now: dt.datetime
+) -> Reservation | None:
+    """PostgreSQL: both conditional UPDATEs in one function call (migration 0003), one round
+    trip instead of four. None when it did not reserve (refused, revoked, a row gone): the
+    caller's transaction then tries again and says why."""
+    key_start = period_start(key.key_limits.period, now)
+    user_start = period_start(key.user_limits.period, now)
+    key_ledger = _ledger_id("key", key.id, key.key_limits.period, key_start)
+    user_ledger = _ledger_id("user", key.user_id, key.user_limits.period, user_start)
+    k, u = key.key_limits, key.user_limits
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT * FROM oaiproxy_quota_reserve(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                [key_ledger, user_ledger, key.id, cost, tokens, k.budget_usd, k.token_limit,
+                 k.request_limit, u.budget_usd, u.token_limit, u.request_limit],
+            )  # fmt: skip
+            row = cursor.fetchone()
+    except DatabaseError as exc:
+        if "oaiproxy: user quota" in str(exc):
+            return None
+        raise
+    if row is None:
+        return None
+
+    def state(limits: LimitSnapshot, start: dt.datetime, values: tuple) -> LedgerState:
+        spent, reserved, used_tokens, reserved_tokens, requests = values
+        return LedgerState(limits.period, start, spent, reserved, used_tokens, reserved_tokens,
+                           requests)  # fmt: skip
+
+    return Reservation(
+        key_ledger_id=key_ledger,
+        user_ledger_id=user_ledger,
+        cost=cost,
+        tokens=tokens,
+        key_state=state(k, key_start, row[:5]),
+        user_state=state(u, user_start, row[5:]),
     )
 
 

@@ -7,10 +7,28 @@ import datetime as dt
 import fnmatch
 import time
 from decimal import Decimal
+from typing import Protocol
 
 from django.conf import settings
 
 from keys.models import ApiKey, Limits, Period, QuotaLedger, UserLimit, key_hash, period_start
+
+
+class LedgerCounters(Protocol):
+    """What a ledger row and a reservation's copy of it both carry."""
+
+    spent_usd: Decimal
+    reserved_usd: Decimal
+    tokens: int
+    reserved_tokens: int
+    requests: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Remaining:
+    usd: Decimal | None
+    tokens: int | None
+    requests: int | None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -41,6 +59,18 @@ class LimitSnapshot:
 
     def model_allowed(self, model: str) -> bool:
         return not self.models or any(fnmatch.fnmatchcase(model, p) for p in self.models)
+
+    def remaining(self, state: LedgerCounters | None) -> Remaining:
+        """What these limits leave this period beside `state` (a ledger row or a reservation's
+        view of it; None for a period with no row yet), never below zero; None where no limit."""
+        spent = state.spent_usd + state.reserved_usd if state else Decimal(0)
+        tokens = state.tokens + state.reserved_tokens if state else 0
+        requests = state.requests if state else 0
+        return Remaining(
+            usd=None if self.budget_usd is None else max(self.budget_usd - spent, Decimal(0)),
+            tokens=None if self.token_limit is None else max(self.token_limit - tokens, 0),
+            requests=None if self.request_limit is None else max(self.request_limit - requests, 0),
+        )
 
     def as_dict(self) -> dict[str, object]:
         return {

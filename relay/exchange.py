@@ -70,12 +70,12 @@ def capped(text: str) -> str:
 
 
 class Exchange:
-    def __init__(self, key: KeyInfo, endpoint: str, *, method: str) -> None:
+    def __init__(self, key: KeyInfo, endpoint: str, *, method: str, now: dt.datetime) -> None:
         self.key = key
         self.endpoint = endpoint
         self.method = method
         self.started = time.perf_counter()
-        self.now = dt.datetime.now(dt.UTC)
+        self.now = now
         self.model = ""
         self.stream = False
         self.prompt_estimate = 0

@@ -62,6 +62,7 @@ _RESPONSE_PATH = re.compile(r"responses/(resp_[A-Za-z0-9_\-]+)(/input_items)?")
 # Largest prompt tokenised on the event loop; bigger ones go to a thread.
 _INLINE_TOKENISE_BYTES = 32 * 1024
 
+MICRO_USD = Decimal("0.000001")
 # Times a reservation refused only because of other requests' reservations is tried again.
 _SETTLE_RETRIES = 3
 # Seconds an unknown Responses id is looked for again before a 404 (another process's record).
@@ -76,7 +77,9 @@ def _secret(request: HttpRequest, url_key: str | None) -> str:
     return value.strip() if scheme.lower() == "bearer" else ""
 
 
-async def _authenticate(request: HttpRequest, url_key: str | None) -> KeyInfo | HttpResponse:
+async def _authenticate(
+    request: HttpRequest, url_key: str | None, now: dt.datetime
+) -> KeyInfo | HttpResponse:
     secret = _secret(request, url_key)
     if not secret:
         return errors.invalid_api_key(
@@ -89,7 +92,7 @@ async def _authenticate(request: HttpRequest, url_key: str | None) -> KeyInfo | 
         return errors.invalid_api_key(
             "Incorrect API key provided: the proxy key is unknown or revoked."
         )
-    if key.expires_at is not None and key.expires_at <= timezone.now():
+    if key.expires_at is not None and key.expires_at <= now:
         return errors.invalid_api_key("Incorrect API key provided: this proxy key has expired.")
     return key
 
@@ -99,28 +102,20 @@ def _quota_headers(reservation: Reservation | None, key: KeyInfo) -> dict[str, s
     request's reservation."""
     if reservation is None:
         return {}
-    budget: list[Decimal] = []
-    requests: list[int] = []
-    tokens: list[int] = []
-    for state, limits in (
-        (reservation.key_state, key.key_limits),
-        (reservation.user_state, key.user_limits),
-    ):
-        if limits.budget_usd is not None:
-            budget.append(limits.budget_usd - state.spent_usd - state.reserved_usd)
-        if limits.request_limit is not None:
-            requests.append(limits.request_limit - state.requests)
-        if limits.token_limit is not None:
-            tokens.append(limits.token_limit - state.tokens - state.reserved_tokens)
+    lefts = [
+        key.key_limits.remaining(reservation.key_state),
+        key.user_limits.remaining(reservation.user_state),
+    ]
+    budget = [left.usd for left in lefts if left.usd is not None]
+    requests = [left.requests for left in lefts if left.requests is not None]
+    tokens = [left.tokens for left in lefts if left.tokens is not None]
     headers = {}
     if budget:
-        headers["x-proxy-budget-remaining-usd"] = str(
-            max(min(budget), Decimal(0)).quantize(Decimal("0.000001"))
-        )
+        headers["x-proxy-budget-remaining-usd"] = str(min(budget).quantize(MICRO_USD))
     if requests:
-        headers["x-proxy-requests-remaining"] = str(max(min(requests), 0))
+        headers["x-proxy-requests-remaining"] = str(min(requests))
     if tokens:
-        headers["x-proxy-tokens-remaining"] = str(max(min(tokens), 0))
+        headers["x-proxy-tokens-remaining"] = str(min(tokens))
     return headers
 
 
@@ -162,9 +157,7 @@ def _prompt_tokens(kind: str, body: dict[str, Any], model: str) -> int:
         return tokens
     if kind == "completion":
         return count_input(body.get("prompt"), model)
-    if kind == "embedding":
-        return count_input(body.get("input"), model)
-    if kind == "moderation":
+    if kind in ("embedding", "moderation"):
         return count_input(body.get("input"), model)
     # responses
     return count_input(body.get("input"), model) + count_text(
@@ -194,7 +187,8 @@ def _output_allowance(kind: str, body: dict[str, Any], max_out: int | None) -> t
     return reserve, (max_out or 0) * choices
 
 
-async def _refuse(ex: Exchange, response: HttpResponse, error_code: str) -> HttpResponse:
+def _refuse(ex: Exchange, response: HttpResponse, error_code: str) -> HttpResponse:
+    """Answer with the proxy's own error, and record the request as refused."""
     ex.finish(response.status_code, error_code=error_code)
     return response
 
@@ -218,7 +212,7 @@ async def _grant(
     """Rate limits, then the atomic reservation. Returns an error response, or None if granted."""
     ticket = await rate_acquire(ex.key, tokens=rate_tokens)
     if isinstance(ticket, RateLimited):
-        return await _refuse(
+        return _refuse(
             ex,
             errors.rate_limited(ticket.message, kind=ticket.kind, retry_after=ticket.retry_after),
             "rate_limit_exceeded",
@@ -240,9 +234,9 @@ async def _grant(
                 if not await recording.settled(ex.key.id, timeout=0.5):
                     await asyncio.sleep(0.02 * 2**attempt)
     except QuotaExceeded as exc:
-        return await _refuse(ex, errors.insufficient_quota(exc.message), "insufficient_quota")
+        return _refuse(ex, errors.insufficient_quota(exc.message), "insufficient_quota")
     except KeyInactive:
-        return await _refuse(
+        return _refuse(
             ex,
             errors.invalid_api_key("Incorrect API key provided: this proxy key was revoked."),
             "invalid_api_key",
@@ -262,10 +256,10 @@ async def _send(
             query=query,
         )
     except TimeoutError:
-        return await _refuse(ex, errors.upstream_timeout(), "upstream_timeout")
+        return _refuse(ex, errors.upstream_timeout(), "upstream_timeout")
     except (aiohttp.ClientError, OSError) as exc:
         log.warning("upstream unreachable: %s", type(exc).__name__)
-        return await _refuse(
+        return _refuse(
             ex,
             errors.upstream_unreachable("The proxy could not reach OpenAI."),
             "upstream_unreachable",
@@ -294,10 +288,10 @@ async def _read_all(ex: Exchange, resp: aiohttp.ClientResponse) -> bytes | HttpR
         data = await resp.read()
     except TimeoutError:
         resp.close()
-        return await _refuse(ex, errors.upstream_timeout(), "upstream_timeout")
+        return _refuse(ex, errors.upstream_timeout(), "upstream_timeout")
     except (aiohttp.ClientError, OSError):
         resp.close()
-        return await _refuse(
+        return _refuse(
             ex,
             errors.upstream_unreachable("The connection to OpenAI broke."),
             "upstream_unreachable",
@@ -310,10 +304,11 @@ async def _read_all(ex: Exchange, resp: aiohttp.ClientResponse) -> bytes | HttpR
 
 @csrf_exempt
 async def relay(request: HttpRequest, path: str, url_key: str | None = None) -> HttpResponse:
-    key = await _authenticate(request, url_key)
+    now = timezone.now()  # once: for the expiry check, the record and the quota period
+    key = await _authenticate(request, url_key, now)
     if isinstance(key, HttpResponse):
         return key
-    ex = Exchange(key, path[:64], method=request.method or "GET")
+    ex = Exchange(key, path[:64], method=request.method or "GET", now=now)
     try:
         return await _dispatch(request, ex, path)
     except Exception:
@@ -328,7 +323,7 @@ async def _dispatch(request: HttpRequest, ex: Exchange, path: str) -> HttpRespon
     method = request.method
     if path in METERED:
         if method != "POST":
-            return await _refuse(
+            return _refuse(
                 ex,
                 errors.openai_error(405, f"Use POST for /v1/{path}.", code="method_not_allowed"),
                 "method_not_allowed",
@@ -342,7 +337,7 @@ async def _dispatch(request: HttpRequest, ex: Exchange, path: str) -> HttpRespon
     match = _RESPONSE_PATH.fullmatch(path)
     if match and (method == "GET" or (method == "DELETE" and not match.group(2))):
         return await _stored_response(request, ex, path, match.group(1))
-    return await _refuse(ex, errors.not_found(path), "unknown_url")
+    return _refuse(ex, errors.not_found(path), "unknown_url")
 
 
 async def _parse_metered(
@@ -355,7 +350,7 @@ async def _parse_metered(
     except RequestDataTooBig:
         raw = None
     if raw is None or len(raw) > settings.PROXY_MAX_BODY_BYTES:
-        return await _refuse(
+        return _refuse(
             ex,
             errors.openai_error(
                 413, f"Request body is larger than {settings.PROXY_MAX_BODY_BYTES} bytes."
@@ -364,7 +359,7 @@ async def _parse_metered(
         )
     body = loads(raw)
     if not isinstance(body, dict):
-        return await _refuse(
+        return _refuse(
             ex,
             errors.openai_error(
                 400,
@@ -377,7 +372,7 @@ async def _parse_metered(
         # `model` is optional on moderations (the SDK leaves it out); OpenAI then uses this.
         model = "omni-moderation-latest"
     if not isinstance(model, str) or not model:
-        return await _refuse(
+        return _refuse(
             ex,
             errors.openai_error(400, "You must provide a model parameter.", param="model"),
             "missing_model",
@@ -385,7 +380,7 @@ async def _parse_metered(
     ex.model = model
     stream = body.get("stream", False)
     if stream is not None and not isinstance(stream, bool):
-        return await _refuse(
+        return _refuse(
             ex,
             errors.openai_error(400, "'stream' must be a boolean.", param="stream"),
             "invalid_type",
@@ -394,7 +389,7 @@ async def _parse_metered(
     ex.requested_tier = str(body.get("service_tier") or "")
     ex.keep_request_body(body)
     if kind == "responses" and body.get("background") is True:
-        return await _refuse(
+        return _refuse(
             ex,
             errors.openai_error(
                 400,
@@ -407,7 +402,7 @@ async def _parse_metered(
     previous = body.get("previous_response_id")
     if kind == "responses" and previous is not None:
         if not isinstance(previous, str) or not await _owns_response(ex.key.user_id, previous):
-            return await _refuse(
+            return _refuse(
                 ex,
                 errors.openai_error(
                     404,
@@ -425,7 +420,7 @@ async def _parse_metered(
     else:
         max_out = 0
     if isinstance(max_out, HttpResponse):
-        return await _refuse(ex, max_out, "invalid_type")
+        return _refuse(ex, max_out, "invalid_type")
     return raw, body, max_out
 
 
@@ -436,7 +431,7 @@ async def _metered(request: HttpRequest, ex: Exchange, kind: str) -> HttpRespons
     raw, body, max_out = parsed
     model = ex.model
     if not ex.key.model_allowed(model):
-        return await _refuse(
+        return _refuse(
             ex,
             errors.openai_error(
                 403,
@@ -449,7 +444,7 @@ async def _metered(request: HttpRequest, ex: Exchange, kind: str) -> HttpRespons
     book = await aprice_book()
     price = book.price(model, ex.now)
     if (price is None or not price.is_priced) and ex.key.has_budget and kind != "moderation":
-        return await _refuse(
+        return _refuse(
             ex,
             errors.openai_error(
                 400,
@@ -667,7 +662,7 @@ async def _models(request: HttpRequest, ex: Exchange) -> HttpResponse:
 async def _model(request: HttpRequest, ex: Exchange, model: str) -> HttpResponse:
     ex.model = model
     if not ex.key.model_allowed(model):
-        return await _refuse(
+        return _refuse(
             ex,
             errors.openai_error(
                 404,
@@ -684,7 +679,7 @@ async def _stored_response(
 ) -> HttpResponse:
     # All users share one upstream account; only the user who made a response may see it.
     if not await _owns_response(ex.key.user_id, response_id):
-        return await _refuse(
+        return _refuse(
             ex,
             errors.openai_error(
                 404, f"Response with id '{response_id}' not found.", code="not_found"
@@ -731,38 +726,23 @@ async def _passthrough(
 def _ledger_view(
     limits: LimitSnapshot, state: QuotaLedger | None, period: str, start: dt.datetime
 ) -> dict[str, Any]:
-    spent = state.spent_usd if state else Decimal(0)
-    reserved = state.reserved_usd if state else Decimal(0)
-    tokens = state.tokens if state else 0
-    requests = state.requests if state else 0
     end = period_end(period, start)
-    view: dict[str, Any] = {
+    left = limits.remaining(state)
+    return {
         "period": period,
         "period_start": start.isoformat(),
         "period_end": end.isoformat() if end else None,
-        "spent_usd": str(spent.quantize(Decimal("0.000001"))),
-        "reserved_usd": str(reserved.quantize(Decimal("0.000001"))),
-        "tokens": tokens,
-        "requests": requests,
-        "remaining_usd": None,
-        "remaining_tokens": None,
-        "remaining_requests": None,
+        "spent_usd": str((state.spent_usd if state else Decimal(0)).quantize(MICRO_USD)),
+        "reserved_usd": str((state.reserved_usd if state else Decimal(0)).quantize(MICRO_USD)),
+        "tokens": state.tokens if state else 0,
+        "requests": state.requests if state else 0,
+        "remaining_usd": None if left.usd is None else str(left.usd.quantize(MICRO_USD)),
+        "remaining_tokens": left.tokens,
+        "remaining_requests": left.requests,
     }
-    if limits.budget_usd is not None:
-        view["remaining_usd"] = str(
-            max(limits.budget_usd - spent - reserved, Decimal(0)).quantize(Decimal("0.000001"))
-        )
-    if limits.token_limit is not None:
-        view["remaining_tokens"] = max(
-            limits.token_limit - tokens - (state.reserved_tokens if state else 0), 0
-        )
-    if limits.request_limit is not None:
-        view["remaining_requests"] = max(limits.request_limit - requests, 0)
-    return view
 
 
-def _me(key: KeyInfo) -> dict[str, Any]:
-    now = timezone.now()
+def _me(key: KeyInfo, now: dt.datetime) -> dict[str, Any]:
     result: dict[str, Any] = {
         "object": "proxy.key",
         "key": {
@@ -789,12 +769,13 @@ def _me(key: KeyInfo) -> dict[str, Any]:
 @csrf_exempt
 async def proxy_me(request: HttpRequest, url_key: str | None = None) -> HttpResponse:
     """GET /v1/proxy/me: this key's limits, what it and its user spent this period, what is left."""
-    key = await _authenticate(request, url_key)
+    now = timezone.now()
+    key = await _authenticate(request, url_key, now)
     if isinstance(key, HttpResponse):
         return key
     if request.method != "GET":
         return errors.openai_error(405, "Use GET for /v1/proxy/me.", code="method_not_allowed")
-    return JsonResponse(await sync_to_async(_me, thread_sensitive=False)(key))
+    return JsonResponse(await sync_to_async(_me, thread_sensitive=False)(key, now))
 
 
 async def healthz(request: HttpRequest) -> HttpResponse:

@@ -103,7 +103,6 @@ class StreamState:
         self.service_tier = ""
         self.response_id = ""
         self.finished = False
-        self.error: dict[str, Any] | None = None
         self._datas: list[bytes] = []
 
     def text(self) -> str:
@@ -136,8 +135,6 @@ class ChatStream(StreamState):
                     if chunk.get("choices") == [] and not self.client_wants_usage:
                         # The usage-only chunk: some clients index choices[0] and break on it.
                         return None
-                if "error" in chunk:
-                    self.error = _dict(chunk.get("error"))
         self._datas.append(data)
         return event
 
@@ -177,29 +174,17 @@ _TEXT_DELTAS = (
 class ResponsesStream(StreamState):
     """Responses API streams: named events; usage is in the terminal event's `response`."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.deltas: list[str] = []
-        self.status = ""
-
     def on_event(self, event: bytes) -> bytes | None:
         name, data = event_fields(event)
         if not data:
             return event
-        payload = None
         if name in _TEXT_DELTAS or (not name and b'"delta"' in data and b"_text.delta" in data):
-            payload = loads(data)
-            if isinstance(payload, dict) and isinstance(payload.get("delta"), str):
-                self.deltas.append(payload["delta"])
+            # Kept raw: parsed only if the text is ever needed (a cut stream, stored bodies).
+            self._datas.append(data)
             return event
-        if (
-            name.startswith("response.")
-            and not name.startswith("response.output_")
-            and not name.startswith("response.content_part")
-        ):
-            payload = loads(data)
-        elif name == "error" or not name:
-            payload = loads(data)
+        if name.startswith(("response.output_", "response.content_part")):
+            return event  # nothing the meter needs, and the bulk of the events
+        payload = loads(data)
         if not isinstance(payload, dict):
             return event
         kind = name or str(payload.get("type") or "")
@@ -208,16 +193,16 @@ class ResponsesStream(StreamState):
             self.response_id = self.response_id or str(response.get("id") or "")
             self.response_model = str(response.get("model") or self.response_model)
             self.service_tier = str(response.get("service_tier") or self.service_tier)
-            self.status = str(response.get("status") or self.status)
         if kind in RESPONSES_TERMINAL:
             self.usage = responses_usage(response.get("usage"))
             self.finished = True
-        elif kind == "error":
-            self.error = payload
         return event
 
     def text(self) -> str:
-        return "".join(self.deltas)
+        deltas = (loads(data) for data in self._datas)
+        return "".join(
+            d["delta"] for d in deltas if isinstance(d, dict) and isinstance(d.get("delta"), str)
+        )
 
 
 def response_summary(model: str, text: str, usage: TokenUsage | None) -> str:

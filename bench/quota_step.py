@@ -49,7 +49,7 @@ def main() -> None:
 
     from keys.ratelimit import rate_acquire, rate_release
     from keys.selectors import key_info_for_secret
-    from keys.services import key_issue, quota_reserve, quota_settle, user_limit_set
+    from keys.services import key_issue, quota_reserve, quota_settle_many, user_limit_set
     from relay.database import in_db_thread
 
     api_key, secret = key_issue(
@@ -64,7 +64,7 @@ def main() -> None:
 
     def settle(reservation) -> None:
         with transaction.atomic():
-            quota_settle(reservation=reservation, cost=Decimal("0.0001"), tokens=30)
+            quota_settle_many(settlements=[(reservation, Decimal("0.0001"), 30)])
 
     async def run() -> tuple[list[float], list[float], list[float]]:
         reserve_ms, settle_ms, rate_ms = [], [], []

@@ -47,6 +47,11 @@ def period_end(period: str, start: dt.datetime) -> dt.datetime | None:
     return None
 
 
+def model_matches(patterns: list[str] | tuple[str, ...], model: str) -> bool:
+    """An allow-list admits a model if it is empty or a pattern (`gpt-4o*`) matches."""
+    return not patterns or any(fnmatch.fnmatchcase(model, p) for p in patterns)
+
+
 class Limits(models.Model):
     """Limits shared by keys and users; an empty field means no limit of that kind."""
 
@@ -81,8 +86,7 @@ class Limits(models.Model):
         return [m.strip() for m in self.allowed_models.replace("\n", ",").split(",") if m.strip()]
 
     def model_allowed(self, model: str) -> bool:
-        patterns = self.model_patterns()
-        return not patterns or any(fnmatch.fnmatchcase(model, p) for p in patterns)
+        return model_matches(self.model_patterns(), model)
 
     def limit_fields(self) -> dict[str, object]:
         return {

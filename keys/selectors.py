@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import fnmatch
 import time
 from decimal import Decimal
 from typing import Protocol
 
 from django.conf import settings
 
-from keys.models import ApiKey, Limits, Period, QuotaLedger, UserLimit, key_hash, period_start
+from keys.models import (
+    ApiKey,
+    Limits,
+    Period,
+    QuotaLedger,
+    UserLimit,
+    key_hash,
+    model_matches,
+    period_start,
+)
 
 
 class LedgerCounters(Protocol):
@@ -58,7 +66,7 @@ class LimitSnapshot:
         )
 
     def model_allowed(self, model: str) -> bool:
-        return not self.models or any(fnmatch.fnmatchcase(model, p) for p in self.models)
+        return model_matches(self.models, model)
 
     def remaining(self, state: LedgerCounters | None) -> Remaining:
         """What these limits leave this period beside `state` (a ledger row or a reservation's

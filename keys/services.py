@@ -347,11 +347,6 @@ def _reserve_in_one_call(
     )
 
 
-def quota_settle(*, reservation: Reservation, cost: Decimal | None, tokens: int) -> None:
-    """Replace one reservation by the real cost (see `quota_settle_many`)."""
-    quota_settle_many(settlements=[(reservation, cost, tokens)])
-
-
 def quota_settle_many(*, settlements: list[tuple[Reservation, Decimal | None, int]]) -> None:
     """Replace reservations by real costs; call inside the transaction that writes the usage
     records, so ledger spend and the sum of record costs can never drift apart.

@@ -70,10 +70,9 @@ def capped(text: str) -> str:
 
 
 class Exchange:
-    def __init__(self, key: KeyInfo, endpoint: str, *, method: str, now: dt.datetime) -> None:
+    def __init__(self, key: KeyInfo, endpoint: str, *, now: dt.datetime) -> None:
         self.key = key
         self.endpoint = endpoint
-        self.method = method
         self.started = time.perf_counter()
         self.now = now
         self.model = ""

@@ -308,7 +308,7 @@ async def relay(request: HttpRequest, path: str, url_key: str | None = None) -> 
     key = await _authenticate(request, url_key, now)
     if isinstance(key, HttpResponse):
         return key
-    ex = Exchange(key, path[:64], method=request.method or "GET", now=now)
+    ex = Exchange(key, path[:64], now=now)
     try:
         return await _dispatch(request, ex, path)
     except Exception:

@@ -41,6 +41,7 @@ INSTALLED_APPS = [
     "keys",
     "usage",
     "relay",
+    "fakeopenai",
 ]
 
 MIDDLEWARE = [

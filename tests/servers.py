@@ -76,6 +76,11 @@ class FakeOpenAI:
     def reset(self) -> None:
         self._call("/_fake/reset", method="POST")
 
+    def bills(self) -> dict:
+        """What "OpenAI" billed since the last reset: {"bills": [...], "totals": {...}}, one
+        bill per /v1 request keyed by the x-request-id it answered with (fakeopenai.state)."""
+        return self._call("/_fake/bills")
+
 
 @dataclasses.dataclass
 class ProxyServer:

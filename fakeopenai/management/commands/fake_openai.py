@@ -1,7 +1,8 @@
 """Serve the fake OpenAI upstream: `python manage.py fake_openai --port 8001`.
 
 Point the proxy at it with OPENAI_BASE_URL=http://127.0.0.1:8001/v1 and
-OPENAI_API_KEY=sk-fake-upstream (or whatever --key says).
+OPENAI_API_KEY=sk-fake-upstream (or whatever --key says). What it billed is at
+http://127.0.0.1:8001/_fake/bills. It needs no database: it only serves.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from relay.fake_openai import DEFAULT_KEY, create_app, start_server
+from fakeopenai.app import DEFAULT_KEY, create_app
+from fakeopenai.server import start_server
 
 
 class Command(BaseCommand):
@@ -33,7 +35,8 @@ class Command(BaseCommand):
             "--latency-ms",
             type=float,
             default=0.0,
-            help="sleep before every answer unless a request's fake.latency_ms says otherwise",
+            help="sleep before every answer's headers unless a request's fake.latency_ms "
+            "(alias headers_delay_ms) says otherwise",
         )
         parser.add_argument(
             "--access-log", action="store_true", help="log every request (off: it skews benchmarks)"

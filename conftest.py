@@ -29,4 +29,4 @@ def bob_key(db):
     return key_issue(username="bob", name="bob ci", budget_usd=Decimal("1"))
 
 
-pytest_plugins = ["tests.servers", "tests.e2e"]
+pytest_plugins = ["tests.servers", "tests.e2e", "tests.services"]

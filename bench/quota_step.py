@@ -44,13 +44,14 @@ def main() -> None:
     import django
 
     django.setup()
-    from django.db import transaction
     from django.utils import timezone
 
     from keys.ratelimit import rate_acquire, rate_release
     from keys.selectors import key_info_for_secret
-    from keys.services import key_issue, quota_reserve, quota_settle_many, user_limit_set
+    from keys.services import key_issue, quota_reserve, user_limit_set
     from relay.database import in_db_thread
+    from usage.models import RecordState, UsageRecord
+    from usage.services import usage_records_write
 
     api_key, secret = key_issue(
         username=f"bench-{time.time_ns()}",
@@ -62,19 +63,29 @@ def main() -> None:
     user_limit_set(user=api_key.user, budget_usd=Decimal(1_000_000))
     key = key_info_for_secret(secret)
 
-    def settle(reservation) -> None:
-        with transaction.atomic():
-            quota_settle_many(settlements=[(reservation, Decimal("0.0001"), 30)])
+    def pending() -> UsageRecord:
+        return UsageRecord(
+            created_at=timezone.now(), user_id=key.user_id, api_key_id=key.id,
+            key_prefix=key.prefix, endpoint="chat/completions", model="gpt-4o-mini",
+            status_code=0, prompt_tokens=20, state=RecordState.PENDING, process="bench",
+        )  # fmt: skip
+
+    def settle(record: UsageRecord) -> None:
+        record.status_code, record.completion_tokens = 200, 10
+        record.cost_usd = Decimal("0.0001")
+        usage_records_write(records=[record])
 
     async def run() -> tuple[list[float], list[float], list[float]]:
         reserve_ms, settle_ms, rate_ms = [], [], []
         for i in range(args.n + 100):
             start = time.perf_counter()
-            reservation = await in_db_thread(
-                quota_reserve, key=key, cost=Decimal("0.0002"), tokens=50, now=timezone.now()
-            )
+            record = pending()
+            await in_db_thread(
+                quota_reserve, key=key, cost=Decimal("0.0002"), tokens=50, now=timezone.now(),
+                record=record,
+            )  # fmt: skip
             mid = time.perf_counter()
-            await in_db_thread(settle, reservation)
+            await in_db_thread(settle, record)
             end = time.perf_counter()
             ticket = await rate_acquire(key, tokens=50)
             await rate_release(ticket, actual_tokens=40)

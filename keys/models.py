@@ -11,6 +11,8 @@ from django.conf import settings
 from django.core.validators import MinValueValidator
 from django.db import models
 
+from keys.fields import MoneyField
+
 MONEY = {"max_digits": 22, "decimal_places": 12}
 
 
@@ -174,8 +176,8 @@ class QuotaLedger(models.Model):
     )
     period = models.CharField(max_length=8, choices=Period.choices)
     period_start = models.DateTimeField()
-    spent_usd = models.DecimalField(default=Decimal(0), **MONEY)
-    reserved_usd = models.DecimalField(default=Decimal(0), **MONEY)
+    spent_usd = MoneyField(default=Decimal(0))
+    reserved_usd = MoneyField(default=Decimal(0))
     tokens = models.BigIntegerField(default=0)
     reserved_tokens = models.BigIntegerField(default=0)
     requests = models.BigIntegerField(default=0)
@@ -201,3 +203,20 @@ class QuotaLedger(models.Model):
     def __str__(self) -> str:
         owner = self.api_key or self.user
         return f"{owner} {self.period} from {self.period_start:%Y-%m-%d}"
+
+
+class RelayProcess(models.Model):
+    """A running relay process, so the reaper can tell a crashed process's reservations from
+    a live one's: each process writes `seen_at` every few seconds while it runs."""
+
+    token = models.CharField(max_length=40, unique=True)
+    hostname = models.CharField(max_length=255)
+    pid = models.PositiveIntegerField()
+    started_at = models.DateTimeField()
+    seen_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        verbose_name = "relay process"
+
+    def __str__(self) -> str:
+        return f"{self.hostname}:{self.pid}"

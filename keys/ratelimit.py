@@ -4,11 +4,17 @@ Fixed one-minute windows: a window's counter is checked and bumped by one Lua sc
 check and the increment cannot interleave between processes. Rate limits may admit a request
 or two too many at a window's edge (as healthchecks' TokenBucket knowingly does); budgets,
 which are money, are enforced by the database ledger in keys.services instead.
+
+When Redis is unreachable, rate limits degrade to each process's own counters (so N processes
+admit up to N times a limit), with one warning when it goes and one line when it is back;
+Redis is tried again once a second meanwhile, never on every request. Budgets, token and
+request caps are in the database and are not affected.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import time
 
@@ -16,7 +22,11 @@ from django.conf import settings
 
 from keys.selectors import KeyInfo, LimitSnapshot
 
+log = logging.getLogger(__name__)
 WINDOW = 60
+# Redis calls on the request path give up after this; then the local counters take over.
+_REDIS_TIMEOUT = 0.5
+_REDIS_RETRY_SECONDS = 1.0
 CONCURRENCY_TTL = 900  # a crashed process's in-flight count ages out after this
 
 _ACQUIRE = """
@@ -75,6 +85,7 @@ class RateTicket:
     concurrency_keys: list[str]
     token_keys: list[str]
     tokens: int
+    local: bool = True  # counted in this process (no Redis, or Redis was away)
 
 
 def _scopes(key: KeyInfo) -> list[Scope]:
@@ -144,7 +155,11 @@ def _redis_client():  # noqa: ANN202 (redis.asyncio.Redis, imported lazily)
     if _redis is None:
         import redis.asyncio
 
-        _redis = redis.asyncio.from_url(settings.CACHE_URL)
+        _redis = redis.asyncio.from_url(
+            settings.CACHE_URL,
+            socket_timeout=_REDIS_TIMEOUT,
+            socket_connect_timeout=_REDIS_TIMEOUT,
+        )
         _redis.acquire_script = _redis.register_script(_ACQUIRE)
         _redis.release_script = _redis.register_script(_RELEASE)
     return _redis
@@ -152,6 +167,52 @@ def _redis_client():  # noqa: ANN202 (redis.asyncio.Redis, imported lazily)
 
 def uses_redis() -> bool:
     return settings.CACHE_URL.startswith(("redis://", "rediss://", "unix://"))
+
+
+async def redis_ping() -> None:
+    await _redis_client().ping()
+
+
+_redis_down_since: float | None = None
+_redis_tried_at = 0.0
+
+
+def _redis_usable(now: float) -> bool:
+    global _redis_tried_at
+    if _redis_down_since is None:
+        return True
+    if now - _redis_tried_at >= _REDIS_RETRY_SECONDS:
+        _redis_tried_at = now
+        return True
+    return False
+
+
+def _redis_failed(exc: Exception, now: float) -> None:
+    global _redis_down_since, _redis_tried_at
+    _redis_tried_at = now
+    if _redis_down_since is None:
+        _redis_down_since = now
+        log.warning(
+            "Redis is unreachable (%s): rate limits are counted per process until it is back; "
+            "budgets are unaffected (they are in the database)",
+            type(exc).__name__,
+        )
+
+
+def _redis_ok() -> None:
+    global _redis_down_since
+    if _redis_down_since is not None:
+        log.warning(
+            "Redis is back after %.0f s: rate limits are shared again",
+            time.time() - _redis_down_since,
+        )
+        _redis_down_since = None
+
+
+def _redis_errors() -> tuple[type[Exception], ...]:
+    import redis.exceptions
+
+    return (redis.exceptions.RedisError, OSError, TimeoutError)
 
 
 async def rate_acquire(key: KeyInfo, *, tokens: int) -> RateTicket | RateLimited:
@@ -168,15 +229,21 @@ async def rate_acquire(key: KeyInfo, *, tokens: int) -> RateTicket | RateLimited
         token_keys=[n[1] for s, n in zip(scopes, names, strict=True) if s.limits.tpm],
         tokens=tokens,
     )
-    if uses_redis():
+    if uses_redis() and _redis_usable(now):
         client = _redis_client()
         argv: list[int] = [tokens, len(scopes)]
         for scope in scopes:
             argv += [scope.limits.rpm or 0, scope.limits.tpm or 0, scope.limits.max_concurrent or 0]
-        code, index = await client.acquire_script(keys=[k for n in names for k in n], args=argv)
-        if code:
-            return _refusal(int(code), scopes[int(index)], now)
-        return ticket
+        try:
+            code, index = await client.acquire_script(keys=[k for n in names for k in n], args=argv)
+        except _redis_errors() as exc:
+            _redis_failed(exc, now)
+        else:
+            _redis_ok()
+            if code:
+                return _refusal(int(code), scopes[int(index)], now)
+            ticket.local = False
+            return ticket
     for scope, (rpm_key, tpm_key, cc_key) in zip(scopes, names, strict=True):
         limits = scope.limits
         if limits.rpm and _local.get(rpm_key, now) + 1 > limits.rpm:
@@ -200,15 +267,19 @@ async def rate_release(ticket: RateTicket, *, actual_tokens: int) -> None:
     if not ticket.concurrency_keys and not ticket.token_keys:
         return
     delta = actual_tokens - ticket.tokens
-    if uses_redis():
+    if not ticket.local:
         client = _redis_client()
-        for i in range(max(len(ticket.concurrency_keys), len(ticket.token_keys))):
-            cc = ticket.concurrency_keys[i] if i < len(ticket.concurrency_keys) else ""
-            tk = ticket.token_keys[i] if i < len(ticket.token_keys) else ""
-            await client.release_script(
-                keys=[cc or "oaiproxy:rl:none", tk or "oaiproxy:rl:none"],
-                args=["1" if cc else "0", "1" if tk else "0", delta],
-            )
+        try:
+            for i in range(max(len(ticket.concurrency_keys), len(ticket.token_keys))):
+                cc = ticket.concurrency_keys[i] if i < len(ticket.concurrency_keys) else ""
+                tk = ticket.token_keys[i] if i < len(ticket.token_keys) else ""
+                await client.release_script(
+                    keys=[cc or "oaiproxy:rl:none", tk or "oaiproxy:rl:none"],
+                    args=["1" if cc else "0", "1" if tk else "0", delta],
+                )
+        except _redis_errors() as exc:
+            # The slot ages out with CONCURRENCY_TTL; the minute's token count is left high.
+            _redis_failed(exc, time.time())
         return
     now = time.time()
     for name in ticket.concurrency_keys:

@@ -169,11 +169,58 @@ def ledger_for(
     ).first()
 
 
-async def akey_info_for_secret(secret: str) -> KeyInfo | None:
-    """The async face of `key_info_for_secret`: a cache hit costs no thread hop."""
+def key_info_cached(secret: str) -> tuple[bool, KeyInfo | None]:
+    """(found, key) from this process's cache, with no query: the relay's hot path."""
     hit = _cache.get(key_hash(secret))
     if hit is not None and time.monotonic() - hit[0] < settings.PROXY_KEY_CACHE_SECONDS:
-        return hit[1]
-    from asgiref.sync import sync_to_async
+        return True, hit[1]
+    return False, None
 
-    return await sync_to_async(key_info_for_secret, thread_sensitive=False)(secret)
+
+MICRO_USD = Decimal("0.000001")
+
+
+def _ledger_report(
+    limits: LimitSnapshot, state: QuotaLedger | None, period: str, start: dt.datetime
+) -> dict[str, object]:
+    from keys.models import period_end
+
+    end = period_end(period, start)
+    left = limits.remaining(state)
+    return {
+        "period": period,
+        "period_start": start.isoformat(),
+        "period_end": end.isoformat() if end else None,
+        "spent_usd": str((state.spent_usd if state else Decimal(0)).quantize(MICRO_USD)),
+        "reserved_usd": str((state.reserved_usd if state else Decimal(0)).quantize(MICRO_USD)),
+        "tokens": state.tokens if state else 0,
+        "requests": state.requests if state else 0,
+        "remaining_usd": None if left.usd is None else str(left.usd.quantize(MICRO_USD)),
+        "remaining_tokens": left.tokens,
+        "remaining_requests": left.requests,
+    }
+
+
+def key_usage_report(*, key: KeyInfo, now: dt.datetime) -> dict[str, object]:
+    """What GET /v1/proxy/me shows: the key, its and its user's limits, this period's spend."""
+    usage: dict[str, object] = {}
+    for scope, limits, owner in (
+        ("key", key.key_limits, {"api_key_id": key.id}),
+        ("user", key.user_limits, {"user_id": key.user_id}),
+    ):
+        ledger = ledger_for(period=limits.period, now=now, **owner)
+        usage[scope] = _ledger_report(
+            limits, ledger, limits.period, period_start(limits.period, now)
+        )
+    return {
+        "object": "proxy.key",
+        "key": {
+            "id": key.id,
+            "prefix": key.prefix,
+            "name": key.name,
+            "username": key.username,
+            "expires_at": key.expires_at.isoformat() if key.expires_at else None,
+        },
+        "limits": {"key": key.key_limits.as_dict(), "user": key.user_limits.as_dict()},
+        "usage": usage,
+    }

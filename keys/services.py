@@ -9,10 +9,19 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db import DatabaseError, IntegrityError, connection, transaction
+from django.db import DatabaseError, IntegrityError, connection, models, transaction
 from django.utils import timezone
 
-from keys.models import ApiKey, Period, QuotaLedger, UserLimit, key_hash, period_start
+from keys.fields import from_units, money_param
+from keys.models import (
+    ApiKey,
+    Period,
+    QuotaLedger,
+    RelayProcess,
+    UserLimit,
+    key_hash,
+    period_start,
+)
 from keys.selectors import KeyInfo, LimitSnapshot, key_info_forget
 
 LIMIT_FIELDS = (
@@ -115,37 +124,97 @@ class Reservation:
     tokens: int
     key_state: LedgerState
     user_state: LedgerState
+    record_id: int  # the pending usage record that ends this reservation
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LedgerMove:
+    """What settling (or healing) one record does to its key's and its user's ledger rows."""
+
+    key_ledger_id: int
+    user_ledger_id: int
+    release_usd: Decimal
+    release_tokens: int
+    spend_usd: Decimal
+    spend_tokens: int
 
 
 # Ledger ids by (scope, owner, period, start): a period's row is looked up once per process.
+# Only ids of committed rows are kept (see _ledger_id).
 _ledger_ids: dict[tuple[str, int, str, dt.datetime], int] = {}
-_SQLITE_SLACK = Decimal("0.000000000001")
 
 
 def _money(value: object) -> Decimal:
-    # SQLite hands NUMERIC back as float; twelve places is the precision the column keeps.
+    # MoneyField columns read raw: integer picodollars on SQLite, NUMERIC on PostgreSQL.
     if isinstance(value, Decimal):
         return value
-    return Decimal(str(value)).quantize(Decimal("0.000000000001"))
+    return from_units(int(value))  # type: ignore[call-overload]
+
+
+def _owner(scope: str, owner_id: int) -> dict[str, int]:
+    return {"api_key_id": owner_id} if scope == "key" else {"user_id": owner_id}
 
 
 def _ledger_id(scope: str, owner_id: int, period: str, start: dt.datetime) -> int:
     cache_key = (scope, owner_id, period, start)
     ledger_id = _ledger_ids.get(cache_key)
-    if ledger_id is None:
-        owner = {"api_key_id": owner_id} if scope == "key" else {"user_id": owner_id}
-        try:
-            with transaction.atomic():
-                ledger, _ = QuotaLedger.objects.get_or_create(
-                    period=period, period_start=start, **owner
-                )
-        except IntegrityError:  # another process created this period's row first
-            ledger = QuotaLedger.objects.get(period=period, period_start=start, **owner)
-        ledger_id = ledger.pk
+    if ledger_id is not None:
+        return ledger_id
+    owner = _owner(scope, owner_id)
+    try:
+        with transaction.atomic():
+            ledger, _ = QuotaLedger.objects.get_or_create(
+                period=period, period_start=start, **owner
+            )
+    except IntegrityError:  # another process created this period's row first
+        ledger = QuotaLedger.objects.get(period=period, period_start=start, **owner)
+    ledger_id = ledger.pk
+
+    def remember() -> None:
         if len(_ledger_ids) > 100_000:
             _ledger_ids.clear()
         _ledger_ids[cache_key] = ledger_id
+
+    # Cached only once the row is committed: a row made inside a transaction that then rolls
+    # back is gone, SQLite hands its id to the next row anyone creates, and a cached id would
+    # then point this owner's reservations at another tenant's ledger.
+    transaction.on_commit(remember)
     return ledger_id
+
+
+def _forget_ledger(scope: str, owner_id: int, period: str, start: dt.datetime) -> None:
+    _ledger_ids.pop((scope, owner_id, period, start), None)
+
+
+def _ledger_update_sql(scope: str, limits: LimitSnapshot, key_id: int | None) -> str:
+    table = QuotaLedger._meta.db_table
+    owner_column = "api_key_id" if scope == "key" else "user_id"
+    sql = [
+        # Table names come from the models' _meta, never from input; values are parameters.
+        f"UPDATE {table} SET reserved_usd = reserved_usd + %(cost)s,"  # noqa: S608
+        " reserved_tokens = reserved_tokens + %(tokens)s, requests = requests + 1"
+        # The owner and period are checked with the id: a wrong id can miss, never bill
+        # another tenant.
+        f" WHERE id = %(ledger)s AND {owner_column} = %(owner)s AND period = %(period)s"
+        " AND period_start = %(start)s"
+    ]
+    if limits.budget_usd is not None:
+        sql.append("AND spent_usd + reserved_usd + %(cost)s <= %(budget)s")
+    if limits.token_limit is not None:
+        sql.append("AND tokens + reserved_tokens + %(tokens)s <= %(token_limit)s")
+    if limits.request_limit is not None:
+        sql.append("AND requests + 1 <= %(request_limit)s")
+    if key_id is not None:
+        # Revocation is checked here, on every request, so a key cached by any process stops
+        # working the moment it is revoked.
+        key_table = ApiKey._meta.db_table
+        user_table = get_user_model()._meta.db_table
+        sql.append(
+            f"AND EXISTS (SELECT 1 FROM {key_table} k JOIN {user_table} u ON u.id = k.user_id"  # noqa: S608
+            " WHERE k.id = %(owner)s AND k.revoked_at IS NULL AND u.is_active)"
+        )
+    sql.append("RETURNING spent_usd, reserved_usd, tokens, reserved_tokens, requests")
+    return " ".join(sql)
 
 
 def _reserve_one(
@@ -156,76 +225,54 @@ def _reserve_one(
     cost: Decimal,
     tokens: int,
     now: dt.datetime,
-    key_id: int | None = None,
-) -> LedgerState | None:
+    check_key: bool = False,
+) -> tuple[int, LedgerState] | None:
     """One conditional UPDATE: the reservation is granted only if it fits beside what is
     already spent and reserved. This is what stops N concurrent requests, on any number of
     processes, from all passing a "spent < budget" check that each read before the others
     wrote: the database evaluates the WHERE on the locked row."""
     start = period_start(limits.period, now)
-    ledger_id = _ledger_id(scope, owner_id, limits.period, start)
-    table = QuotaLedger._meta.db_table
-    sql = [
-        # Table names come from the models' _meta, never from input; values are parameters.
-        f"UPDATE {table} SET reserved_usd = reserved_usd + CAST(%s AS NUMERIC),"  # noqa: S608
-        " reserved_tokens = reserved_tokens + %s, requests = requests + 1 WHERE id = %s"
-    ]
-    params: list[object] = [cost, tokens, ledger_id]
-    if limits.budget_usd is not None:
-        slack = _SQLITE_SLACK if connection.vendor == "sqlite" else Decimal(0)
-        sql.append("AND spent_usd + reserved_usd + CAST(%s AS NUMERIC) <= CAST(%s AS NUMERIC)")
-        params += [cost, limits.budget_usd + slack]
-    if limits.token_limit is not None:
-        sql.append("AND tokens + reserved_tokens + %s <= %s")
-        params += [tokens, limits.token_limit]
-    if limits.request_limit is not None:
-        sql.append("AND requests + 1 <= %s")
-        params += [limits.request_limit]
-    if key_id is not None:
-        # Revocation is checked here, on every request, so a key cached by any process stops
-        # working the moment it is revoked.
-        key_table = ApiKey._meta.db_table
-        user_table = get_user_model()._meta.db_table
-        sql.append(
-            f"AND EXISTS (SELECT 1 FROM {key_table} k JOIN {user_table} u ON u.id = k.user_id"  # noqa: S608
-            " WHERE k.id = %s AND k.revoked_at IS NULL AND u.is_active)"
-        )
-        params.append(key_id)
-    sql.append("RETURNING spent_usd, reserved_usd, tokens, reserved_tokens, requests")
-    with connection.cursor() as cursor:
-        cursor.execute(" ".join(sql), params)
-        row = cursor.fetchone()
-    if row is None:
-        if not QuotaLedger.objects.filter(pk=ledger_id).exists():
-            # The cached row id is gone (ledger pruned or database reset): look it up again.
-            _ledger_ids.pop((scope, owner_id, limits.period, start), None)
-            return _reserve_one(
-                scope=scope,
-                owner_id=owner_id,
-                limits=limits,
-                cost=cost,
-                tokens=tokens,
-                now=now,
-                key_id=key_id,
+    for _ in range(2):
+        ledger_id = _ledger_id(scope, owner_id, limits.period, start)
+        params = {
+            "cost": money_param(cost, connection),
+            "tokens": tokens,
+            "ledger": ledger_id,
+            "owner": owner_id,
+            "period": limits.period,
+            "start": connection.ops.adapt_datetimefield_value(start),
+            "budget": None
+            if limits.budget_usd is None
+            else money_param(limits.budget_usd, connection),
+            "token_limit": limits.token_limit,
+            "request_limit": limits.request_limit,
+        }
+        with connection.cursor() as cursor:
+            cursor.execute(
+                _ledger_update_sql(scope, limits, owner_id if check_key else None), params
             )
-        return None
-    return LedgerState(
-        period=limits.period,
-        period_start=start,
-        spent_usd=_money(row[0]),
-        reserved_usd=_money(row[1]),
-        tokens=row[2],
-        reserved_tokens=row[3],
-        requests=row[4],
-    )
+            row = cursor.fetchone()
+        if row is not None:
+            return ledger_id, LedgerState(
+                limits.period, start, _money(row[0]), _money(row[1]), row[2], row[3], row[4]
+            )
+        owner = _owner(scope, owner_id)
+        if QuotaLedger.objects.filter(
+            pk=ledger_id, period=limits.period, period_start=start, **owner
+        ).exists():
+            return None  # refused
+        # The cached id is not this owner's row (pruned, database reset): look it up again.
+        _forget_ledger(scope, owner_id, limits.period, start)
+    return None
 
 
 def _refusal(
     scope: str, limits: LimitSnapshot, owner_id: int, now: dt.datetime, cost: Decimal, tokens: int
 ) -> QuotaExceeded:
     start = period_start(limits.period, now)
-    owner = {"api_key_id": owner_id} if scope == "key" else {"user_id": owner_id}
-    ledger = QuotaLedger.objects.filter(period=limits.period, period_start=start, **owner).first()
+    ledger = QuotaLedger.objects.filter(
+        period=limits.period, period_start=start, **_owner(scope, owner_id)
+    ).first()
     whose = "this key" if scope == "key" else "your account"
     span = "" if limits.period == Period.TOTAL else f" this {limits.period}"
     if (
@@ -257,32 +304,57 @@ def _refusal(
     )
 
 
-def quota_reserve(*, key: KeyInfo, cost: Decimal, tokens: int, now: dt.datetime) -> Reservation:
-    """Reserve a request's worst-case cost and tokens on the key's and the user's ledgers, or
-    refuse the whole request: both reservations happen in one transaction or neither does."""
+def quota_reserve(
+    *, key: KeyInfo, cost: Decimal, tokens: int, now: dt.datetime, record: models.Model
+) -> Reservation:
+    """Reserve a request's worst-case cost and tokens on the key's and the user's ledgers and
+    write its pending usage `record`, or refuse the whole request: the two reservations and
+    the record are committed together or not at all, so a reservation never exists without
+    the row that ends it (the relay settles it; the reaper does if this process dies)."""
+    try:
+        return _reserve(key=key, cost=cost, tokens=tokens, now=now, record=record)
+    except BaseException:
+        record.pk = None  # an id from a transaction that did not commit is no id
+        record._state.adding = True
+        raise
+
+
+def _reserve(
+    *, key: KeyInfo, cost: Decimal, tokens: int, now: dt.datetime, record: models.Model
+) -> Reservation:
+    record.reserved_usd = cost
+    record.reserved_tokens = tokens
+    # The ledger rows are made (and committed) before the reservation's transaction; see
+    # _ledger_id.
+    key_start = period_start(key.key_limits.period, now)
+    user_start = period_start(key.user_limits.period, now)
+    record.key_ledger_id = _ledger_id("key", key.id, key.key_limits.period, key_start)
+    record.user_ledger_id = _ledger_id("user", key.user_id, key.user_limits.period, user_start)
     # Not inside a caller's transaction: a refused call aborts the statement, which would
     # abort that transaction too.
     if connection.vendor == "postgresql" and not connection.in_atomic_block:
-        reservation = _reserve_in_one_call(key=key, cost=cost, tokens=tokens, now=now)
+        reservation = _reserve_in_one_call(
+            key=key, cost=cost, tokens=tokens, now=now, record=record
+        )
         if reservation is not None:
             return reservation
     with transaction.atomic():
-        key_state = _reserve_one(
+        granted_key = _reserve_one(
             scope="key",
             owner_id=key.id,
             limits=key.key_limits,
             cost=cost,
             tokens=tokens,
             now=now,
-            key_id=key.id,
+            check_key=True,
         )
-        if key_state is None:
+        if granted_key is None:
             if not ApiKey.objects.filter(
                 pk=key.id, revoked_at__isnull=True, user__is_active=True
             ).exists():
                 raise KeyInactive()
             raise _refusal("key", key.key_limits, key.id, now, cost, tokens)
-        user_state = _reserve_one(
+        granted_user = _reserve_one(
             scope="user",
             owner_id=key.user_id,
             limits=key.user_limits,
@@ -290,40 +362,51 @@ def quota_reserve(*, key: KeyInfo, cost: Decimal, tokens: int, now: dt.datetime)
             tokens=tokens,
             now=now,
         )
-        if user_state is None:
+        if granted_user is None:
             refusal = _refusal("user", key.user_limits, key.user_id, now, cost, tokens)
             transaction.set_rollback(True)
             raise refusal
+        record.key_ledger_id, key_state = granted_key
+        record.user_ledger_id, user_state = granted_user
+        record.save(force_insert=True)
     return Reservation(
-        key_ledger_id=_ledger_id("key", key.id, key.key_limits.period, key_state.period_start),
-        user_ledger_id=_ledger_id(
-            "user", key.user_id, key.user_limits.period, user_state.period_start
-        ),
+        key_ledger_id=record.key_ledger_id,
+        user_ledger_id=record.user_ledger_id,
         cost=cost,
         tokens=tokens,
         key_state=key_state,
         user_state=user_state,
+        record_id=record.pk,
     )
 
 
 def _reserve_in_one_call(
-    *, key: KeyInfo, cost: Decimal, tokens: int, now: dt.datetime
+    *, key: KeyInfo, cost: Decimal, tokens: int, now: dt.datetime, record: models.Model
 ) -> Reservation | None:
-    """PostgreSQL: both conditional UPDATEs in one function call (migration 0003), one round
-    trip instead of four. None when it did not reserve (refused, revoked, a row gone): the
-    caller's transaction then tries again and says why."""
-    key_start = period_start(key.key_limits.period, now)
-    user_start = period_start(key.user_limits.period, now)
-    key_ledger = _ledger_id("key", key.id, key.key_limits.period, key_start)
-    user_ledger = _ledger_id("user", key.user_id, key.user_limits.period, user_start)
+    """PostgreSQL: both conditional UPDATEs (the function of migration 0005) and the pending
+    record's INSERT in one statement, one round trip. None when it did not reserve (refused,
+    revoked, a row gone): the caller's transaction then tries again and says why."""
     k, u = key.key_limits, key.user_limits
+    fields = [f for f in record._meta.concrete_fields if not f.primary_key]
+    table = record._meta.db_table
+    columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
+    values = [f.get_db_prep_save(getattr(record, f.attname), connection) for f in fields]
+    sql = (
+        "WITH q AS (SELECT * FROM oaiproxy_quota_reserve("  # noqa: S608 (names from _meta)
+        "%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)),"
+        f" r AS (INSERT INTO {table} ({columns}) SELECT {', '.join(['%s'] * len(values))}"
+        " FROM q RETURNING id)"
+        " SELECT q.*, r.id FROM q CROSS JOIN r"
+    )
+    params = [
+        record.key_ledger_id, record.user_ledger_id, key.id, key.user_id,
+        period_start(k.period, now), period_start(u.period, now), cost, tokens,
+        k.budget_usd, k.token_limit, k.request_limit, u.budget_usd, u.token_limit,
+        u.request_limit, *values,
+    ]  # fmt: skip
     try:
         with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT * FROM oaiproxy_quota_reserve(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                [key_ledger, user_ledger, key.id, cost, tokens, k.budget_usd, k.token_limit,
-                 k.request_limit, u.budget_usd, u.token_limit, u.request_limit],
-            )  # fmt: skip
+            cursor.execute(sql, params)
             row = cursor.fetchone()
     except DatabaseError as exc:
         if "oaiproxy: user quota" in str(exc):
@@ -332,48 +415,88 @@ def _reserve_in_one_call(
     if row is None:
         return None
 
-    def state(limits: LimitSnapshot, start: dt.datetime, values: tuple) -> LedgerState:
+    def state(limits: LimitSnapshot, values: tuple) -> LedgerState:
         spent, reserved, used_tokens, reserved_tokens, requests = values
-        return LedgerState(limits.period, start, spent, reserved, used_tokens, reserved_tokens,
-                           requests)  # fmt: skip
+        return LedgerState(limits.period, period_start(limits.period, now), spent, reserved,
+                           used_tokens, reserved_tokens, requests)  # fmt: skip
 
+    record.pk = row[10]
+    record._state.adding = False
     return Reservation(
-        key_ledger_id=key_ledger,
-        user_ledger_id=user_ledger,
+        key_ledger_id=record.key_ledger_id,
+        user_ledger_id=record.user_ledger_id,
         cost=cost,
         tokens=tokens,
-        key_state=state(k, key_start, row[:5]),
-        user_state=state(u, user_start, row[5:]),
+        key_state=state(k, row[:5]),
+        user_state=state(u, row[5:10]),
+        record_id=record.pk,
     )
 
 
-def quota_settle_many(*, settlements: list[tuple[Reservation, Decimal | None, int]]) -> None:
-    """Replace reservations by real costs; call inside the transaction that writes the usage
+def quota_settle(*, moves: list[LedgerMove]) -> None:
+    """Apply settlements to the ledgers; call inside the transaction that completes the usage
     records, so ledger spend and the sum of record costs can never drift apart.
 
     Rows are locked key ledgers first, then user ledgers, each in id order: a reservation
     locks its key row then its user row, so neither it nor another writer can ever hold a row
     this one waits for while waiting for one this one holds (no deadlock).
     """
-    # ledger id -> [reserved cost, reserved tokens, real cost, real tokens]
+    # ledger id -> [released cost, released tokens, spent cost, spent tokens]
     sums: dict[int, list] = {}
     key_rows: set[int] = set()
-    for reservation, cost, tokens in settlements:
-        key_rows.add(reservation.key_ledger_id)
-        for ledger_id in (reservation.key_ledger_id, reservation.user_ledger_id):
+    for move in moves:
+        key_rows.add(move.key_ledger_id)
+        for ledger_id in (move.key_ledger_id, move.user_ledger_id):
             total = sums.setdefault(ledger_id, [Decimal(0), 0, Decimal(0), 0])
-            total[0] += reservation.cost
-            total[1] += reservation.tokens
-            total[2] += cost or Decimal(0)
-            total[3] += tokens
+            total[0] += move.release_usd
+            total[1] += move.release_tokens
+            total[2] += move.spend_usd
+            total[3] += move.spend_tokens
     order = sorted(key_rows) + sorted(set(sums) - key_rows)
     table = QuotaLedger._meta.db_table
     with connection.cursor() as cursor:
         for ledger_id in order:
-            reserved, reserved_tokens, cost, tokens = sums[ledger_id]
+            released, released_tokens, spent, spent_tokens = sums[ledger_id]
+            if not (released or released_tokens or spent or spent_tokens):
+                continue
             cursor.execute(
-                f"UPDATE {table} SET reserved_usd = reserved_usd - CAST(%s AS NUMERIC),"  # noqa: S608
-                " spent_usd = spent_usd + CAST(%s AS NUMERIC),"
+                f"UPDATE {table} SET reserved_usd = reserved_usd - %s,"  # noqa: S608
+                " spent_usd = spent_usd + %s,"
                 " reserved_tokens = reserved_tokens - %s, tokens = tokens + %s WHERE id = %s",
-                [reserved, cost, reserved_tokens, tokens, ledger_id],
+                [
+                    money_param(released, connection),
+                    money_param(spent, connection),
+                    released_tokens,
+                    spent_tokens,
+                    ledger_id,
+                ],
             )
+
+
+def relay_process_beat(*, token: str, hostname: str, pid: int, started_at: dt.datetime) -> None:
+    """Say that a relay process is alive: the reaper leaves its reservations alone."""
+    now = timezone.now()
+    updated = RelayProcess.objects.filter(token=token).update(seen_at=now)
+    if not updated:
+        RelayProcess.objects.get_or_create(
+            token=token,
+            defaults={"hostname": hostname, "pid": pid, "started_at": started_at, "seen_at": now},
+        )
+
+
+def relay_process_leave(*, token: str) -> None:
+    """A relay process that stopped cleanly (its records are written) leaves the registry."""
+    RelayProcess.objects.filter(token=token).delete()
+
+
+def relay_processes_live(*, stale_after: dt.timedelta) -> list[str]:
+    """Tokens of the relay processes seen within `stale_after`."""
+    since = timezone.now() - stale_after
+    return list(RelayProcess.objects.filter(seen_at__gte=since).values_list("token", flat=True))
+
+
+def relay_processes_forget(*, stale_after: dt.timedelta) -> int:
+    """Drop the registry rows of processes not seen for ten times `stale_after`."""
+    since = timezone.now() - 10 * stale_after
+    deleted, _ = RelayProcess.objects.filter(seen_at__lt=since).delete()
+    return deleted

@@ -96,6 +96,11 @@ else:
     DATABASES["default"]["TEST"] = {"NAME": f"test_{DATABASES['default']['NAME']}_{os.getpid()}"}
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    # A database host that does not answer fails a connection in seconds, not minutes: the
+    # relay answers 503 meanwhile (relay.database).
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
+        "connect_timeout", env.int("DATABASE_CONNECT_TIMEOUT", default=3)
+    )
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 CACHE_URL = env.str("CACHE_URL", default="")
@@ -182,6 +187,14 @@ PROXY_UPSTREAM_CONNECT_TIMEOUT = env.float("PROXY_UPSTREAM_CONNECT_TIMEOUT", def
 PROXY_UPSTREAM_READ_TIMEOUT = env.float("PROXY_UPSTREAM_READ_TIMEOUT", default=600.0)
 PROXY_UPSTREAM_MAX_CONNECTIONS = env.int("PROXY_UPSTREAM_MAX_CONNECTIONS", default=1000)
 LEGACY_CREATE_KEY_GET = env.bool("LEGACY_CREATE_KEY_GET", default=False)
+# Longest a request waits for its reservation before a 503 (the database is stuck or away).
+PROXY_DB_TIMEOUT = env.float("PROXY_DB_TIMEOUT", default=5.0)
+# Each relay process says it is alive this often; the reaper ends the reservations of a
+# process not seen for PROXY_REAP_AFTER_SECONDS (it crashed or was killed).
+PROXY_HEARTBEAT_SECONDS = env.float("PROXY_HEARTBEAT_SECONDS", default=5.0)
+PROXY_REAP_AFTER_SECONDS = env.float("PROXY_REAP_AFTER_SECONDS", default=30.0)
+# On SIGTERM, open streams get this long to finish before they are closed and recorded.
+PROXY_SHUTDOWN_GRACE_SECONDS = env.float("PROXY_SHUTDOWN_GRACE_SECONDS", default=20.0)
 
 # Bodies: off by default; per key a key can switch it on or off (ApiKey.log_bodies).
 USAGE_LOG_BODIES = env.bool("USAGE_LOG_BODIES", default=False)
@@ -189,6 +202,10 @@ USAGE_BODY_MAX_BYTES = env.int("USAGE_BODY_MAX_BYTES", default=64 * 1024)
 USAGE_REDACT_FIELDS = env.list("USAGE_REDACT_FIELDS", default=[])
 USAGE_RETENTION_DAYS = env.int("USAGE_RETENTION_DAYS", default=0)
 USAGE_BODY_RETENTION_DAYS = env.int("USAGE_BODY_RETENTION_DAYS", default=30)
+# Where a usage record the database refuses even after sanitising is kept (JSON lines).
+USAGE_UNWRITABLE_FILE = env.str(
+    "USAGE_UNWRITABLE_FILE", default=str(BASE_DIR / "var" / "unwritable-usage-records.jsonl")
+)
 
 TIKTOKEN_CACHE_DIR = env.str("TIKTOKEN_CACHE_DIR", default=str(BASE_DIR / ".cache" / "tiktoken"))
 PRICE_CACHE_SECONDS = env.float("PRICE_CACHE_SECONDS", default=60.0)

@@ -8,11 +8,12 @@ from django.urls import include, path, re_path
 from django.views.generic import RedirectView
 
 from keys import views as keys_views
+from proxyserver import health
 from relay import views as relay_views
 
 urlpatterns = [
-    path("healthz", relay_views.healthz, name="healthz"),
-    path("readyz", relay_views.readyz, name="readyz"),
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
     path("v1/proxy/me", relay_views.proxy_me, name="proxy_me"),
     re_path(r"^v1/(?P<path>.*)$", relay_views.relay, name="relay"),
     # The original proxy's URL form: the key in the path, any bearer value ignored.

@@ -63,3 +63,20 @@ def upstream_timeout() -> HttpResponse:
 
 def upstream_unreachable(message: str) -> HttpResponse:
     return openai_error(502, message, type="upstream_error", code="upstream_unreachable")
+
+
+def database_unavailable() -> HttpResponse:
+    # 503 with retry-after: the SDKs retry it, and it is over when the database is back.
+    return openai_error(
+        503,
+        "The proxy's database is unavailable; try again in a moment.",
+        type="server_error",
+        code="database_unavailable",
+        headers={"retry-after": "1"},
+    )
+
+
+def proxy_error() -> HttpResponse:
+    return openai_error(
+        500, "The proxy failed on this request.", type="server_error", code="proxy_error"
+    )

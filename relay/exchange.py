@@ -2,7 +2,8 @@
 
 An `Exchange` is made as soon as a key is recognised and is finished exactly once, whatever
 happens next (refusal, upstream error, client gone), which is what guarantees one usage
-record per authenticated request.
+record per authenticated request. A granted request's record already exists, pending, from
+the reservation's transaction on (keys.services.quota_reserve); finishing completes it.
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ from django.conf import settings
 from keys.ratelimit import RateTicket, rate_release
 from keys.selectors import KeyInfo
 from keys.services import Reservation
-from relay import recording
+from relay import lifecycle, recording
 from relay.tokens import count_text
-from usage.models import UsageRecord
-from usage.pricing import PriceBook, TokenUsage
+from usage.models import RecordState, UsageRecord
+from usage.pricing import Price, PriceBook, TokenUsage
 
 log = logging.getLogger(__name__)
 REDACTED = "[redacted]"
@@ -72,7 +73,7 @@ def capped(text: str) -> str:
 class Exchange:
     def __init__(self, key: KeyInfo, endpoint: str, *, now: dt.datetime) -> None:
         self.key = key
-        self.endpoint = endpoint
+        self.endpoint = recording.storable(endpoint)
         self.started = time.perf_counter()
         self.now = now
         self.model = ""
@@ -86,9 +87,50 @@ class Exchange:
             key.log_bodies if key.log_bodies is not None else settings.USAGE_LOG_BODIES
         )
         self.requested_tier = ""
+        self.client_gone = False
+        # Set while the request's work may be cancelled outright when its client leaves (a
+        # stream waiting for upstream's headers); otherwise the work goes on without it.
+        self.cancel_on_leave: asyncio.Task | None = None
+        self.pending: UsageRecord | None = None
         self._finished = False
 
     # -- inputs ------------------------------------------------------------------------------
+    def set_model(self, model: str) -> None:
+        self.model = recording.storable(model)
+
+    def client_left(self) -> None:
+        """The client hung up (or the server cancelled its request)."""
+        self.client_gone = True
+        if self.cancel_on_leave is not None:
+            self.cancel_on_leave.cancel()
+
+    def pending_record(self, price: Price | None) -> UsageRecord:
+        """The row written with the reservation: if this process dies, the reaper completes
+        it billed at the prompt's estimated input cost."""
+        prompt_cost: Decimal | None = Decimal(0)
+        if self.prompt_estimate and price is not None and price.is_priced:
+            tier = None if self.requested_tier in FREE_TIERS else self.requested_tier
+            prompt_cost = price.cost(TokenUsage(prompt=self.prompt_estimate), tier)
+        elif self.prompt_estimate and price is not None:
+            prompt_cost = None
+        self.pending = UsageRecord(
+            created_at=self.now,
+            user_id=self.key.user_id,
+            api_key_id=self.key.id,
+            key_prefix=self.key.prefix,
+            endpoint=self.endpoint,
+            model=self.model[:120],
+            service_tier=self.requested_tier[:16],
+            status_code=0,
+            stream=self.stream,
+            prompt_tokens=self.prompt_estimate,
+            cost_usd=prompt_cost,
+            estimated=True,
+            state=RecordState.PENDING,
+            process=lifecycle.TOKEN,
+        )
+        return self.pending
+
     def keep_request_body(self, body: object) -> None:
         if not self.log_bodies:
             return
@@ -150,42 +192,47 @@ class Exchange:
             else:
                 cost = price.cost(usage, None if tier in FREE_TIERS else tier)
         usage = usage or TokenUsage()
-        record = UsageRecord(
-            created_at=self.now,
-            user_id=self.key.user_id,
-            api_key_id=self.key.id,
-            key_prefix=self.key.prefix,
-            endpoint=self.endpoint,
-            model=self.model[:120],
-            response_model=response_model[:120],
-            service_tier=tier[:16],
-            status_code=status,
-            error_code=error_code[:64],
-            stream=self.stream,
-            prompt_tokens=usage.prompt,
-            cached_tokens=usage.cached,
-            cache_write_tokens=usage.cache_write,
-            completion_tokens=usage.completion,
-            reasoning_tokens=usage.reasoning,
-            audio_input_tokens=usage.audio_input,
-            audio_output_tokens=usage.audio_output,
-            cost_usd=cost,
-            estimated=estimated,
-            client_disconnected=client_disconnected,
-            latency_ms=int((time.perf_counter() - self.started) * 1000),
-            ttfb_ms=self.ttfb_ms,
-            upstream_request_id=upstream_request_id[:128],
-            response_id=response_id[:128],
-            request_body=self.request_body,
+        record = self.pending if self.pending is not None else UsageRecord()
+        if self.reservation is None:
+            record.pk = None  # not granted: a new record (a refusal, a failure before the grant)
+        fields = {
+            "created_at": self.now,
+            "user_id": self.key.user_id,
+            "api_key_id": self.key.id,
+            "key_prefix": self.key.prefix,
+            "endpoint": self.endpoint,
+            "model": self.model[:120],
+            "response_model": recording.storable(response_model)[:120],
+            "service_tier": recording.storable(tier)[:16],
+            "status_code": status,
+            "error_code": recording.storable(error_code)[:64],
+            "stream": self.stream,
+            "prompt_tokens": usage.prompt,
+            "cached_tokens": usage.cached,
+            "cache_write_tokens": usage.cache_write,
+            "completion_tokens": usage.completion,
+            "reasoning_tokens": usage.reasoning,
+            "audio_input_tokens": usage.audio_input,
+            "audio_output_tokens": usage.audio_output,
+            "cost_usd": cost,
+            "estimated": estimated,
+            "client_disconnected": client_disconnected or self.client_gone,
+            "latency_ms": int((time.perf_counter() - self.started) * 1000),
+            "ttfb_ms": self.ttfb_ms,
+            "upstream_request_id": recording.storable(upstream_request_id)[:128],
+            "response_id": recording.storable(response_id)[:128],
+            "request_body": self.request_body,
             # Answers echo request fields (the Responses API returns `user` and `metadata`).
-            response_body=(
+            "response_body": (
                 capped(redacted_text(response_body)) if self.log_bodies and response_body else ""
             ),
-        )
+        }
+        for name, value in fields.items():
+            setattr(record, name, value)
         self.claim_response(response_id)
         if self.ticket is not None:
             _release_later(self.ticket, usage.total)
-        recording.record_later(self.reservation, record)
+        recording.record_later(record)
 
 
 _releases: set[asyncio.Task] = set()

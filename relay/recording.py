@@ -1,44 +1,137 @@
-"""Writing usage records off the response path, in batches.
+"""Writing usage records off the response path, in batches, never losing one.
 
 A finished request hands its record to this process's writer and the client has its answer
 at once. The writer takes every record that is waiting and writes them in one transaction
-(with their ledger settlements and rollups), so the database write adds nothing to the
-latency a user sees, and under load a thousand requests a second cost twenty transactions, not
-a thousand. If the database is away the records wait and are written when it is back; shutdown
-waits for what is queued.
+(completing the pending rows written with the reservations, settling the ledgers, adding the
+rollups), so under load a thousand requests a second cost twenty transactions, not a
+thousand.
+
+- The database is away: the batch waits and is written when it is back (the transaction
+  rolled back whole, and completing a row twice is a no-op, so nothing is lost or doubled).
+- The database refuses the batch (a NUL byte, a number out of range): the batch is split
+  down to the record, so one bad record never takes the others with it. A record that still
+  fails is sanitised and tried again; one that fails even then is appended to
+  USAGE_UNWRITABLE_FILE, logged, and its reservation ended at its estimate.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import datetime as dt
+import json
 import logging
+from decimal import Decimal
+from pathlib import Path
 
-from django.db import OperationalError, close_old_connections
+from django.conf import settings
+from django.db import models
 
-from keys.services import Reservation
-from relay.database import in_db_thread
+from relay.database import UNAVAILABLE, in_db_thread
 from usage.models import UsageRecord
-from usage.services import usage_records_create
+from usage.services import usage_record_release, usage_records_write
 
 log = logging.getLogger(__name__)
 BATCH = 500
 GATHER_SECONDS = 0.05
 
-Item = tuple[Reservation | None, UsageRecord]
-_queue: list[tuple[Reservation | None, UsageRecord, asyncio.Future]] = []
+_queue: list[tuple[UsageRecord, asyncio.Future]] = []
 _wakeup: asyncio.Event | None = None
 _writer: asyncio.Task | None = None
-_by_key: dict[int | None, set[asyncio.Future]] = {}
 
 
-def _write(items: list[Item]) -> None:
+@dataclasses.dataclass
+class _Outcome:
+    written: int = 0
+    unwritable: int = 0
+
+
+def storable(text: str) -> str:
+    """Text any database accepts: PostgreSQL refuses NUL characters in text."""
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
+
+
+def _sanitised(record: UsageRecord) -> None:
+    for field in record._meta.concrete_fields:
+        value = getattr(record, field.attname)
+        if isinstance(value, str):
+            value = storable(value)
+            if field.max_length:
+                value = value[: field.max_length]
+            setattr(record, field.attname, value)
+        elif isinstance(value, int) and not isinstance(value, bool) and not field.primary_key:
+            if isinstance(field, models.SmallIntegerField):
+                ceiling = 2**15 - 1
+            elif isinstance(field, models.BigIntegerField):
+                ceiling = 2**63 - 1
+            else:
+                ceiling = 2**31 - 1
+            setattr(record, field.attname, max(0, min(value, ceiling)))
+
+
+def _set_aside(record: UsageRecord, error: Exception) -> None:
+    """Keep a record the database would not take, where an operator can find it."""
+    row = {}
+    for field in record._meta.concrete_fields:
+        value = getattr(record, field.attname)
+        if isinstance(value, dt.datetime | Decimal):
+            value = str(value)
+        row[field.attname] = value
+    row["error"] = f"{type(error).__name__}: {error}"[:500]
+    path = Path(settings.USAGE_UNWRITABLE_FILE)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(row, default=str) + "\n")
+
+
+def _write_alone(record: UsageRecord, outcome: _Outcome) -> None:
     try:
-        usage_records_create(items=items)
-    except OperationalError:
-        # A dropped connection, a busy SQLite file or a deadlock victim: the transaction rolled
-        # back whole, so writing the same batch again can neither lose nor double a record.
-        close_old_connections()
+        _sanitised(record)
+        usage_records_write(records=[record])
+        outcome.written += 1
+        return
+    except UNAVAILABLE:
         raise
+    except Exception as exc:  # noqa: BLE001 (whatever the database refused, keep the rest)
+        error = exc
+    outcome.unwritable += 1
+    log.error(
+        "usage record of key %s could not be written (%s); kept in %s",
+        record.key_prefix,
+        type(error).__name__,
+        settings.USAGE_UNWRITABLE_FILE,
+    )
+    try:
+        _set_aside(record, error)
+    except OSError:
+        log.exception("the unwritable record could not be kept in a file either")
+    if record.pk is not None:
+        usage_record_release(
+            record_id=record.pk, error_code="record_unwritable", status_code=record.status_code
+        )
+
+
+def _write(records: list[UsageRecord], outcome: _Outcome) -> None:
+    """Write a batch; split it when the database refuses it, down to the one record at fault.
+    A database that is away raises, and the caller tries the batch again later."""
+    try:
+        outcome.written += usage_records_write(records=records)
+    except UNAVAILABLE:
+        raise
+    except Exception:  # noqa: BLE001 (a record the database refuses: find it)
+        if len(records) == 1:
+            _write_alone(records[0], outcome)
+            return
+        half = len(records) // 2
+        _write(records[:half], outcome)
+        _write(records[half:], outcome)
+
+
+def write_now(records: list[UsageRecord]) -> _Outcome:
+    """Write records in this thread (the writer's job; also for commands and tests)."""
+    outcome = _Outcome()
+    _write(records, outcome)
+    return outcome
 
 
 async def _write_forever() -> None:
@@ -55,52 +148,40 @@ async def _write_forever() -> None:
         while _queue:
             batch = _queue[:BATCH]
             try:
-                await in_db_thread(
-                    _write, [(reservation, record) for reservation, record, _ in batch]
-                )
-            except OperationalError:
+                await in_db_thread(write_now, [record for record, _ in batch])
+            except UNAVAILABLE:
                 # The database is away: keep the records (a lost one is free usage and a
-                # reservation held forever) and try again, less often the longer it lasts.
+                # reservation held) and try again, less often the longer it lasts.
                 failures += 1
                 log.warning("usage records not written yet (%d waiting); retrying", len(_queue))
-                await asyncio.sleep(min(0.05 * 2**failures, 5.0))
+                await asyncio.sleep(min(0.05 * 2**failures, 2.0))
                 continue
-            except Exception:
-                # Not the database being away but these records (a bug): don't retry forever.
-                log.exception("%d usage records could not be written", len(batch))
+            except Exception:  # a bug, not the data: keep the records and try again later
+                failures += 1
+                log.exception("usage record writer failed; retrying")
+                await asyncio.sleep(min(0.05 * 2**failures, 2.0))
+                continue
             failures = 0
             del _queue[: len(batch)]
-            for _, _, done in batch:
+            for _, done in batch:
                 if not done.done():
                     done.set_result(None)
 
 
-def _forget(key_id: int | None, done: asyncio.Future) -> None:
-    futures = _by_key.get(key_id)
-    if futures is not None:
-        futures.discard(done)
-        if not futures:
-            del _by_key[key_id]
-
-
-def record_later(reservation: Reservation | None, record: UsageRecord) -> None:
+def record_later(record: UsageRecord) -> None:
     global _wakeup, _writer
     loop = asyncio.get_running_loop()
     if _writer is None or _writer.done() or _writer.get_loop() is not loop:
         _wakeup = asyncio.Event()
         _writer = loop.create_task(_write_forever())
-    done = loop.create_future()
-    _queue.append((reservation, record, done))
-    _by_key.setdefault(record.api_key_id, set()).add(done)
-    done.add_done_callback(lambda d: _forget(record.api_key_id, d))
+    _queue.append((record, loop.create_future()))
     assert _wakeup is not None
     _wakeup.set()
 
 
-async def settled(key_id: int, *, timeout: float) -> bool:
-    """Wait until this process has written the records (and so settled the reservations) of a
-    key that are queued now. False if there were none to wait for."""
-    futures = list(_by_key.get(key_id, ()))
+async def flushed(*, timeout: float) -> bool:
+    """Wait until the records queued now are written. False if there were none."""
+    futures = [done for _, done in _queue]
     if not futures:
         return False
     await asyncio.wait(futures, timeout=timeout)
@@ -112,8 +193,6 @@ def pending() -> int:
 
 
 async def drain() -> None:
-    futures = [done for *_, done in _queue]
-    for key_futures in _by_key.values():
-        futures.extend(key_futures)
+    futures = [done for _, done in _queue]
     if futures:
         await asyncio.wait(futures)

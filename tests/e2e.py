@@ -32,12 +32,21 @@ def records_for(secret: str, count: int, *, timeout: float = 10.0) -> list:
     from usage.models import UsageRecord
 
     def ready() -> list | None:
-        rows = list(UsageRecord.objects.filter(api_key__key_hash=key_hash(secret)).order_by("id"))
+        rows = list(
+            UsageRecord.objects.completed()
+            .filter(api_key__key_hash=key_hash(secret))
+            .order_by("created_at", "id")
+        )
         return rows if len(rows) >= count else None
 
     rows = wait_for(ready, timeout=timeout, what=f"{count} usage records")
     time.sleep(0.2)  # a duplicate record would show up now
-    rows = list(UsageRecord.objects.filter(api_key__key_hash=key_hash(secret)).order_by("id"))
+    # In the order the requests came in (a granted request's row is written when it is
+    # granted, a refused one's after it is answered, so ids are not that order).
+    rows = list(
+        UsageRecord.objects.filter(api_key__key_hash=key_hash(secret)).order_by("created_at", "id")
+    )
+    assert all(row.state != "pending" for row in rows), "a record is still pending"
     assert len(rows) == count, f"expected exactly {count} records, found {len(rows)}"
     return rows
 

@@ -8,7 +8,8 @@ from decimal import Decimal
 from django.conf import settings
 from django.db import models
 
-from keys.models import MONEY, ApiKey
+from keys.fields import MoneyField
+from keys.models import ApiKey
 
 PRICE = {"max_digits": 16, "decimal_places": 6, "null": True, "blank": True}
 
@@ -81,8 +82,22 @@ class ModelPrice(models.Model):
         return f"{self.model} (from {self.effective_from:%Y-%m-%d})"
 
 
+class RecordState(models.TextChoices):
+    PENDING = "pending", "in flight"
+    DONE = "done", "done"
+    REAPED = "reaped", "healed (its process died)"
+
+
+class UsageRecordQuerySet(models.QuerySet):
+    def completed(self) -> UsageRecordQuerySet:
+        """Records of requests that ended (not the pending rows of requests in flight)."""
+        return self.exclude(state=RecordState.PENDING)
+
+
 class UsageRecord(models.Model):
     """One request that passed authentication, whatever became of it."""
+
+    objects = UsageRecordQuerySet.as_manager()
 
     created_at = models.DateTimeField(db_index=True)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE)
@@ -102,9 +117,7 @@ class UsageRecord(models.Model):
     reasoning_tokens = models.PositiveIntegerField(default=0)
     audio_input_tokens = models.PositiveIntegerField(default=0)
     audio_output_tokens = models.PositiveIntegerField(default=0)
-    cost_usd = models.DecimalField(
-        null=True, blank=True, help_text="Empty when the model has no price.", **MONEY
-    )
+    cost_usd = MoneyField(null=True, blank=True, help_text="Empty when the model has no price.")
     estimated = models.BooleanField(
         default=False, help_text="Tokens counted by the proxy because upstream sent no usage."
     )
@@ -120,12 +133,28 @@ class UsageRecord(models.Model):
     )
     request_body = models.TextField(blank=True)
     response_body = models.TextField(blank=True)
+    # A granted request's record is written as `pending` in the transaction that reserves its
+    # budget, so a reservation can never exist without a row that ends it: the relay completes
+    # the row at settlement, or the reaper does if the process that held it died.
+    state = models.CharField(max_length=8, choices=RecordState.choices, default=RecordState.DONE)
+    reserved_usd = MoneyField(default=Decimal(0), help_text="Budget held while in flight.")
+    reserved_tokens = models.BigIntegerField(default=0)
+    key_ledger_id = models.BigIntegerField(null=True, blank=True)
+    user_ledger_id = models.BigIntegerField(null=True, blank=True)
+    process = models.CharField(
+        max_length=40, blank=True, help_text="The relay process that held the reservation."
+    )
 
     class Meta:
         ordering = ["-created_at", "-id"]
         indexes = [
             models.Index(fields=["user", "-created_at"]),
             models.Index(fields=["api_key", "-created_at"]),
+            models.Index(
+                fields=["process"],
+                condition=models.Q(state="pending"),
+                name="usage_record_in_flight",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -162,7 +191,7 @@ class UsageDaily(models.Model):
     cached_tokens = models.BigIntegerField(default=0)
     completion_tokens = models.BigIntegerField(default=0)
     reasoning_tokens = models.BigIntegerField(default=0)
-    cost_usd = models.DecimalField(default=Decimal(0), **MONEY)
+    cost_usd = MoneyField(default=Decimal(0))
     unpriced_requests = models.BigIntegerField(default=0)
 
     class Meta:

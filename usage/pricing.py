@@ -164,14 +164,12 @@ def price_book() -> PriceBook:
     return _book
 
 
-async def aprice_book() -> PriceBook:
-    if _book is not None and time.monotonic() - _book_loaded_at < getattr(
-        settings, "PRICE_CACHE_SECONDS", 60.0
-    ):
+def price_book_cached(*, stale_ok: bool = False) -> PriceBook | None:
+    """The process's price book if it is fresh (or, with `stale_ok`, at all), with no query."""
+    ttl = getattr(settings, "PRICE_CACHE_SECONDS", 60.0)
+    if _book is not None and (stale_ok or time.monotonic() - _book_loaded_at < ttl):
         return _book
-    from asgiref.sync import sync_to_async
-
-    return await sync_to_async(price_book, thread_sensitive=False)()
+    return None
 
 
 def price_book_reset() -> None:

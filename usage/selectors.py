@@ -178,7 +178,7 @@ def usage_records_recent(
     """The latest `limit` records in the range, without their bodies (which can be large)."""
     since = dt.datetime.combine(start, dt.time.min, tzinfo=dt.UTC)
     until = dt.datetime.combine(end + dt.timedelta(days=1), dt.time.min, tzinfo=dt.UTC)
-    records = UsageRecord.objects.filter(created_at__gte=since, created_at__lt=until)
+    records = UsageRecord.objects.completed().filter(created_at__gte=since, created_at__lt=until)
     if user_id is not None:
         records = records.filter(user_id=user_id)
     return list(
@@ -190,7 +190,7 @@ def usage_records_recent(
 
 def usage_record_for_viewer(*, record_id: int, viewer: AbstractBaseUser) -> UsageRecord | None:
     """A record its viewer may open: their own, or anyone's for staff."""
-    records = UsageRecord.objects.select_related("user", "api_key")
+    records = UsageRecord.objects.completed().select_related("user", "api_key")
     if not getattr(viewer, "is_staff", False):
         records = records.filter(user_id=viewer.pk)
     return records.filter(pk=record_id).first()
@@ -426,7 +426,8 @@ def usage_records_for(user: AbstractBaseUser | None) -> QuerySet[UsageRecord]:
     Whether a viewer is shown everyone's is the caller's call: staff logged in with a
     password are, a proxy key never is."""
     records = (
-        UsageRecord.objects.select_related("user")
+        UsageRecord.objects.completed()
+        .select_related("user")
         .defer("request_body", "response_body")
         .order_by("-created_at", "-id")
     )
@@ -437,7 +438,7 @@ def usage_records_for(user: AbstractBaseUser | None) -> QuerySet[UsageRecord]:
 
 def usage_record_get(*, record_id: int, user: AbstractBaseUser | None) -> UsageRecord | None:
     """One record with its bodies, if `user` may read it (any record when None)."""
-    records = UsageRecord.objects.select_related("user")
+    records = UsageRecord.objects.completed().select_related("user")
     if user is not None:
         records = records.filter(user_id=user.pk)
     return records.filter(pk=record_id).first()
@@ -459,7 +460,7 @@ def usage_record_count(*, user_id: int | None = None) -> int:
     kept day is counted (one index range), every later day is read from the rollup. Exact
     while every record goes through usage_record_create and retention (prune_usage) deletes
     by age only, since then only the oldest day can be partly gone."""
-    records = UsageRecord.objects.all()
+    records = UsageRecord.objects.completed()
     if user_id is not None:
         records = records.filter(user_id=user_id)
     oldest = records.order_by("created_at").values_list("created_at", flat=True).first()

@@ -1,21 +1,24 @@
-"""Writes of prices and usage records."""
+"""Writes of prices and usage records, and the settlement of the reservations they end."""
 
 from __future__ import annotations
 
 import csv
 import dataclasses
 import datetime as dt
+import logging
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import F, Value
 from django.utils import timezone
 
-from keys.services import Reservation, quota_settle_many
-from usage.models import PRICE_COLUMNS, ModelPrice, UsageDaily, UsageRecord
+from keys.fields import MoneyField
+from keys.services import LedgerMove, quota_settle
+from usage.models import PRICE_COLUMNS, ModelPrice, RecordState, UsageDaily, UsageRecord
 from usage.pricing import price_book_reset
 
+log = logging.getLogger(__name__)
 SHIPPED_PRICES = Path(__file__).resolve().parent / "data" / "openai_prices.csv"
 
 
@@ -84,45 +87,42 @@ def prices_load(
     return result
 
 
-def usage_record_create(*, reservation: Reservation | None, record: UsageRecord) -> UsageRecord:
-    """Save one request's record; see `usage_records_create`."""
-    usage_records_create(items=[(reservation, record)])
-    return record
+# What completing a record writes over its pending row (everything the relay learnt after the
+# reservation; never the reservation's own columns).
+_RESERVATION_FIELDS = {"id", "reserved_usd", "reserved_tokens", "key_ledger_id", "user_ledger_id"}
+FINAL_FIELDS = [
+    f.name
+    for f in UsageRecord._meta.concrete_fields
+    if not f.primary_key and f.attname not in _RESERVATION_FIELDS
+]
 
 
-def _rollup_deltas(record: UsageRecord) -> dict[str, int | Decimal]:
+def _rollup_deltas(record: UsageRecord, sign: int = 1) -> dict[str, int | Decimal]:
     return {
-        "requests": 1,
-        "errors": 1 if record.status_code >= 400 else 0,
-        "prompt_tokens": record.prompt_tokens,
-        "cached_tokens": record.cached_tokens,
-        "completion_tokens": record.completion_tokens,
-        "reasoning_tokens": record.reasoning_tokens,
-        "cost_usd": record.cost_usd or Decimal(0),
-        "unpriced_requests": 1 if record.cost_usd is None and record.status_code < 400 else 0,
+        "requests": sign,
+        "errors": sign if record.status_code >= 400 else 0,
+        "prompt_tokens": sign * record.prompt_tokens,
+        "cached_tokens": sign * record.cached_tokens,
+        "completion_tokens": sign * record.completion_tokens,
+        "reasoning_tokens": sign * record.reasoning_tokens,
+        "cost_usd": sign * (record.cost_usd or Decimal(0)),
+        "unpriced_requests": sign if record.cost_usd is None and record.status_code < 400 else 0,
     }
 
 
-@transaction.atomic
-def usage_records_create(*, items: list[tuple[Reservation | None, UsageRecord]]) -> None:
-    """Save records, settle their reservations and add them to the day's rollups, in one
-    transaction: the ledgers' spend, the records and the rollups always agree.
-
-    The relay hands over whatever records finished since its last write, so under load one
-    transaction carries many records and each ledger and rollup row is touched once.
-    """
-    records = [record for _, record in items]
-    UsageRecord.objects.bulk_create(records)
+def _rollups_add(entries: list[tuple[UsageRecord, int]]) -> None:
+    """Add (sign 1) or take back (sign -1) records in the per-day rollups."""
     rollups: dict[tuple, dict[str, int | Decimal]] = {}
-    for record in records:
+    for record, sign in entries:
         key = (
             record.created_at.astimezone(dt.UTC).date(),
             record.user_id,
             record.api_key_id,
             record.response_model or record.model,
         )
-        total = rollups.setdefault(key, dict.fromkeys(_rollup_deltas(record), 0))
-        for field, value in _rollup_deltas(record).items():
+        deltas = _rollup_deltas(record, sign)
+        total = rollups.setdefault(key, dict.fromkeys(deltas, 0))
+        for field, value in deltas.items():
             total[field] += value
     # Sorted, so two writers lock the rollup rows they share in the same order.
     for (day, user_id, api_key_id, model), deltas in sorted(
@@ -131,7 +131,12 @@ def usage_records_create(*, items: list[tuple[Reservation | None, UsageRecord]])
         # UPDATE first, INSERT on a miss: concurrent writers never lose a count, because the
         # increment happens in the database, not in Python.
         row = {"day": day, "user_id": user_id, "api_key_id": api_key_id, "model": model}
-        increments = {f: F(f) + v for f, v in deltas.items()}
+        # Money as a MoneyField value: a bare Decimal would reach SQLite as dollars, not as the
+        # column's picodollars.
+        increments = {
+            f: F(f) + (Value(v, output_field=MoneyField()) if isinstance(v, Decimal) else v)
+            for f, v in deltas.items()
+        }
         if UsageDaily.objects.filter(**row).update(**increments):
             continue
         try:
@@ -139,11 +144,190 @@ def usage_records_create(*, items: list[tuple[Reservation | None, UsageRecord]])
                 UsageDaily.objects.create(**row, **deltas)
         except IntegrityError:  # another writer inserted the day's row first
             UsageDaily.objects.filter(**row).update(**increments)
+
+
+def _tokens(record: UsageRecord) -> int:
+    return record.prompt_tokens + record.completion_tokens
+
+
+def usage_records_write(*, records: list[UsageRecord]) -> int:
+    """See `_records_write`; a failed write leaves the records as they were given."""
+    new = [r for r in records if r.pk is None]
+    try:
+        return _records_write(records)
+    except BaseException:
+        # bulk_create set the new records' ids in a transaction that rolled back: without
+        # this, trying them again would take them for written.
+        for record in new:
+            record.pk = None
+            record._state.adding = True
+        raise
+
+
+@transaction.atomic
+def _records_write(records: list[UsageRecord]) -> int:
+    """Write finished requests' records in one transaction: a refused request's record is
+    inserted; a granted request's completes its pending row (written with its reservation)
+    and settles the reservation to the real cost. Ledgers, records and rollups change together,
+    so ledger spend always equals the sum of record costs. Returns the records written.
+
+    A pending row moves on exactly once: the row is locked and its state checked, so the
+    relay's settlement and the reaper (for a process it took for dead) can never both end
+    it. If the reaper got there first, the real record replaces its estimate and the ledger
+    takes the difference.
+    """
+    new = [r for r in records if r.pk is None]
+    finished = {r.pk: r for r in records if r.pk is not None}
+    for record in new:
+        record.state = RecordState.DONE
+    UsageRecord.objects.bulk_create(new)
+    rollups: list[tuple[UsageRecord, int]] = [(r, 1) for r in new]
+    moves: list[LedgerMove] = []
+    completed: list[UsageRecord] = []
+    if finished:
+        rows = (
+            UsageRecord.objects.select_for_update()
+            .filter(pk__in=finished)
+            .exclude(state=RecordState.DONE)
+            .order_by("pk")
+        )
+        for row in rows:
+            record = finished[row.pk]
+            record.state = RecordState.DONE
+            record.process = row.process
+            spend = record.cost_usd or Decimal(0)
+            if row.state == RecordState.PENDING:
+                moves.append(
+                    LedgerMove(
+                        row.key_ledger_id, row.user_ledger_id, row.reserved_usd,
+                        row.reserved_tokens, spend, _tokens(record),
+                    )
+                )  # fmt: skip
+            else:  # reaped: replace the reaper's estimate by what really happened
+                moves.append(
+                    LedgerMove(
+                        row.key_ledger_id, row.user_ledger_id, Decimal(0), 0,
+                        spend - (row.cost_usd or Decimal(0)), _tokens(record) - _tokens(row),
+                    )
+                )  # fmt: skip
+                rollups.append((row, -1))
+            rollups.append((record, 1))
+            completed.append(record)
+        if len(completed) < len(finished):
+            log.warning(
+                "%d usage records were already complete or gone; not settled twice",
+                len(finished) - len(completed),
+            )
+        UsageRecord.objects.bulk_update(completed, FINAL_FIELDS)
+    _rollups_add(rollups)
     # Last, so the ledger rows that reservations wait for are locked only until the commit.
-    quota_settle_many(
-        settlements=[
-            (reservation, record.cost_usd, record.prompt_tokens + record.completion_tokens)
-            for reservation, record in items
-            if reservation is not None
-        ]
-    )
+    quota_settle(moves=[m for m in moves if m.key_ledger_id is not None])
+    return len(new) + len(completed)
+
+
+def usage_record_create(*, record: UsageRecord) -> UsageRecord:
+    """Save one request's record; see `usage_records_write`."""
+    usage_records_write(records=[record])
+    return record
+
+
+def usage_record_release(*, record_id: int, error_code: str, status_code: int) -> bool:
+    """End a pending record whose full record could not be written (it was refused by the
+    database): keep the row with what is safe to store, bill the estimate it was reserved
+    with, release the rest. True if it ended the reservation."""
+    with transaction.atomic():
+        row = (
+            UsageRecord.objects.select_for_update()
+            .filter(pk=record_id, state=RecordState.PENDING)
+            .first()
+        )
+        if row is None:
+            return False
+        row.state = RecordState.DONE
+        row.status_code = status_code
+        row.error_code = error_code
+        row.estimated = True
+        row.save(update_fields=["state", "status_code", "error_code", "estimated"])
+        _rollups_add([(row, 1)])
+        quota_settle(
+            moves=[
+                LedgerMove(
+                    row.key_ledger_id, row.user_ledger_id, row.reserved_usd, row.reserved_tokens,
+                    row.cost_usd or Decimal(0), _tokens(row),
+                )
+            ]
+        )  # fmt: skip
+    return True
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReapResult:
+    records: int
+    released_usd: Decimal
+    billed_usd: Decimal
+
+
+def usage_records_reap(
+    *, live_processes: list[str], batch: int = 500, now: dt.datetime | None = None
+) -> ReapResult:
+    """End the reservations of relay processes that are not in `live_processes` (they died:
+    `kill -9`, OOM, a lost machine). Each pending record becomes a `reaped` record billed at
+    what it was reserved with as its estimate (the prompt's input price: OpenAI bills the input
+    of any request it received) and marked as such; the rest of its reservation is released."""
+    now = now or timezone.now()
+    records = 0
+    released = billed = Decimal(0)
+    while True:
+        with transaction.atomic():
+            rows = list(
+                # skip_locked: a row the relay is completing right now is the relay's to end.
+                UsageRecord.objects.select_for_update(skip_locked=True)
+                .filter(state=RecordState.PENDING)
+                .exclude(process__in=live_processes)
+                .order_by("pk")[:batch]
+            )
+            if not rows:
+                break
+            moves = []
+            for row in rows:
+                row.state = RecordState.REAPED
+                row.status_code = 502
+                row.error_code = "proxy_died"
+                row.estimated = True
+                row.latency_ms = int((now - row.created_at).total_seconds() * 1000)
+                moves.append(
+                    LedgerMove(
+                        row.key_ledger_id, row.user_ledger_id, row.reserved_usd,
+                        row.reserved_tokens, row.cost_usd or Decimal(0), _tokens(row),
+                    )
+                )  # fmt: skip
+                released += row.reserved_usd - (row.cost_usd or Decimal(0))
+                billed += row.cost_usd or Decimal(0)
+            UsageRecord.objects.bulk_update(
+                rows, ["state", "status_code", "error_code", "estimated", "latency_ms"]
+            )
+            _rollups_add([(row, 1) for row in rows])
+            quota_settle(moves=moves)
+            records += len(rows)
+        if len(rows) < batch:
+            break
+    return ReapResult(records=records, released_usd=released, billed_usd=billed)
+
+
+def reservations_heal(*, stale_after: dt.timedelta, keep: tuple[str, ...] = ()) -> ReapResult:
+    """The reaper: end what relay processes not seen within `stale_after` left reserved.
+    `keep` names processes to treat as alive whatever their heartbeat (the caller's own)."""
+    from keys.services import relay_processes_forget, relay_processes_live
+
+    live = [*relay_processes_live(stale_after=stale_after), *keep]
+    result = usage_records_reap(live_processes=live)
+    relay_processes_forget(stale_after=stale_after)
+    if result.records:
+        log.warning(
+            "reaper: ended %d reservations of dead relay processes (billed $%s as estimates, "
+            "released $%s)",
+            result.records,
+            result.billed_usd,
+            result.released_usd,
+        )
+    return result

@@ -48,7 +48,6 @@ def _fill(username: str, *, seed: int, days: int = 30, budget: Decimal | None = 
             prompt = rng.randint(200, 9000)
             records.append(
                 usage_record_create(
-                    reservation=None,
                     record=UsageRecord(
                         created_at=now - dt.timedelta(days=day, minutes=rng.randint(0, 600)),
                         user=key.user,

@@ -32,7 +32,7 @@ def make_record(db):
             latency_ms=fields.pop("latency_ms", 250),
             **fields,
         )
-        return usage_record_create(reservation=None, record=record)
+        return usage_record_create(record=record)
 
     return make
 

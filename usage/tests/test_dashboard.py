@@ -30,7 +30,6 @@ def _fresh_cache():
 
 def _record(api_key, *, model, cost, days_ago=0, status=200, **fields):
     return usage_record_create(
-        reservation=None,
         record=UsageRecord(
             created_at=timezone.now() - dt.timedelta(days=days_ago),
             user=api_key.user,

@@ -52,7 +52,10 @@ def uvicorn_command(
         "--host", host, "--port", str(port), "--workers", str(workers),
         "--loop", "uvloop", "--http", "httptools", "--lifespan", "on",
         "--no-access-log", "--log-level", log_level,
-        "--timeout-graceful-shutdown", "30", "--backlog", "4096",
+        # Past the relay's own grace for open streams (lifecycle), so they end cleanly first.
+        "--timeout-graceful-shutdown",
+        str(int(settings.PROXY_SHUTDOWN_GRACE_SECONDS) + 10),
+        "--backlog", "4096",
     ]  # fmt: skip
 
 

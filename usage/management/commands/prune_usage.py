@@ -72,7 +72,8 @@ class Command(BaseCommand):
 
         cutoff = now - dt.timedelta(days=days) if days else None
         if cutoff is not None:
-            old = UsageRecord.objects.filter(created_at__lt=cutoff)
+            # Never a pending row: its reservation would be held with nothing left to end it.
+            old = UsageRecord.objects.completed().filter(created_at__lt=cutoff)
             if dry_run:
                 self.stdout.write(
                     f"would delete {old.count()} usage records "

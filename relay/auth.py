@@ -1,0 +1,46 @@
+"""Who is calling: the proxy key from `Authorization: Bearer` or the original key-in-URL form."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse
+
+from keys.selectors import KeyInfo, key_info_cached, key_info_for_secret
+from relay import errors
+from relay.database import UNAVAILABLE, in_db_thread
+
+
+def _secret(request: HttpRequest, url_key: str | None) -> str:
+    if url_key:
+        return url_key
+    auth = request.headers.get("Authorization", "")
+    scheme, _, value = auth.partition(" ")
+    return value.strip() if scheme.lower() == "bearer" else ""
+
+
+async def authenticate(
+    request: HttpRequest, url_key: str | None, now: dt.datetime
+) -> KeyInfo | HttpResponse:
+    """The caller's active key, or the error to answer with."""
+    secret = _secret(request, url_key)
+    if not secret:
+        return errors.invalid_api_key(
+            "You didn't provide an API key. Send your proxy key as 'Authorization: Bearer KEY'."
+        )
+    key = None
+    if secret.startswith(settings.PROXY_KEY_PREFIX):
+        found, key = key_info_cached(secret)
+        if not found:
+            try:
+                key = await in_db_thread(key_info_for_secret, secret)
+            except UNAVAILABLE:
+                return errors.database_unavailable()
+    if key is None:
+        return errors.invalid_api_key(
+            "Incorrect API key provided: the proxy key is unknown or revoked."
+        )
+    if key.expires_at is not None and key.expires_at <= now:
+        return errors.invalid_api_key("Incorrect API key provided: this proxy key has expired.")
+    return key

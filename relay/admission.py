@@ -67,6 +67,7 @@ async def grant(
             )
             return None
         except TimeoutError:
+            ex.finish_later = True
             future.add_done_callback(functools.partial(_granted_late, ex))
             return errors.database_unavailable()
         except QuotaExceeded as exc:

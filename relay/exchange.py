@@ -92,6 +92,8 @@ class Exchange:
         # stream waiting for upstream's headers); otherwise the work goes on without it.
         self.cancel_on_leave: asyncio.Task | None = None
         self.pending: UsageRecord | None = None
+        # True when something else has taken on finishing it (a reservation still on its way).
+        self.finish_later = False
         self._finished = False
 
     # -- inputs ------------------------------------------------------------------------------

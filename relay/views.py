@@ -233,7 +233,7 @@ async def _handle(request: HttpRequest, ex: Exchange, path: str) -> HttpResponse
         log.exception("relay error on /v1/%s", ex.endpoint)
         ex.finish(500, error_code="proxy_error")
         return errors.proxy_error()
-    if not ex.finished and not isinstance(response, RelayStreamingResponse):
+    if not (ex.finished or ex.finish_later or isinstance(response, RelayStreamingResponse)):
         log.error("relay: /v1/%s answered without a record; recording it now", ex.endpoint)
         ex.finish(response.status_code, error_code="unrecorded")
     return response

@@ -9,7 +9,7 @@ import logging
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Value
 from django.utils import timezone
 
@@ -164,6 +164,31 @@ def usage_records_write(*, records: list[UsageRecord]) -> int:
         raise
 
 
+def _complete_rows(records: list[UsageRecord]) -> None:
+    """Write the final fields over pending rows: one prepared UPDATE per row, sent in pages
+    (bulk_update's CASE per field and row costs milliseconds of Python per record)."""
+    if not records:
+        return
+    fields = [UsageRecord._meta.get_field(name) for name in FINAL_FIELDS]
+    quote = connection.ops.quote_name
+    sql = (
+        f"UPDATE {quote(UsageRecord._meta.db_table)} SET "  # noqa: S608 (names from _meta)
+        + ", ".join(f"{quote(f.column)} = %s" for f in fields)
+        + " WHERE id = %s"
+    )
+    params = [
+        [f.get_db_prep_save(getattr(r, f.attname), connection) for f in fields] + [r.pk]
+        for r in records
+    ]
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            from psycopg2.extras import execute_batch
+
+            execute_batch(cursor.cursor, sql, params, page_size=100)
+        else:
+            cursor.executemany(sql, params)
+
+
 @transaction.atomic
 def _records_write(records: list[UsageRecord]) -> int:
     """Write finished requests' records in one transaction: a refused request's record is
@@ -218,7 +243,7 @@ def _records_write(records: list[UsageRecord]) -> int:
                 "%d usage records were already complete or gone; not settled twice",
                 len(finished) - len(completed),
             )
-        UsageRecord.objects.bulk_update(completed, FINAL_FIELDS)
+        _complete_rows(completed)
     _rollups_add(rollups)
     # Last, so the ledger rows that reservations wait for are locked only until the commit.
     quota_settle(moves=[m for m in moves if m.key_ledger_id is not None])

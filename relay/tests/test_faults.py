@@ -22,6 +22,7 @@ from decimal import Decimal
 import httpx2 as httpx
 import openai
 import pytest
+from django.db.models import F
 
 from tests.e2e import records_for, wait_for
 from tests.servers import ROOT, running, start_proxy
@@ -319,6 +320,33 @@ def test_a_postgresql_restart_mid_traffic_is_survived_without_a_process_restart(
         f"\nPostgreSQL restart: {len(results)} requests, {statuses.count(503)} got 503, "
         f"0 got 500, relay answering 200 again {recovered_in:.2f} s after the restart"
     )
+
+
+def test_a_stuck_database_gets_a_quick_503_and_the_late_reservation_is_released(e2e, server_logs):
+    from django.db import transaction
+
+    from keys.models import QuotaLedger
+
+    secret = e2e.key(budget_usd="1")
+    proxy = start_proxy(e2e.upstream.url, server_logs, extra_env={"PROXY_DB_TIMEOUT": "1"})
+    with running(proxy):
+        client = openai.OpenAI(api_key=secret, base_url=proxy.v1, max_retries=0)
+        client.chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+        records_for(secret, 1)
+        # Hold the key's ledger row (on SQLite: the database's write lock) for 2.5 s: the
+        # reservation waits behind it.
+        with transaction.atomic():
+            list(QuotaLedger.objects.select_for_update().filter(api_key__isnull=False))
+            QuotaLedger.objects.filter(api_key__isnull=False).update(requests=F("requests"))
+            started = time.monotonic()
+            with pytest.raises(openai.InternalServerError) as stuck:
+                client.chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+            answered_in = time.monotonic() - started
+            time.sleep(2.5 - answered_in)
+        assert stuck.value.status_code == 503 and answered_in < 2
+        records = records_for(secret, 2)
+    assert records[1].status_code == 503 and records[1].error_code == "database_timeout"
+    assert_books_balance()
 
 
 # -- Redis goes away ----------------------------------------------------------------------------

@@ -38,6 +38,12 @@ def database_url(kind: str, user: str, password: str, host: str, name: str) -> s
     return f"{scheme}://{credentials}{'@' if credentials else ''}{host or '127.0.0.1'}/{name}"
 
 
+def _shutdown_grace() -> float:
+    if settings.configured:
+        return settings.PROXY_SHUTDOWN_GRACE_SECONDS
+    return float(os.environ.get("PROXY_SHUTDOWN_GRACE_SECONDS") or 20)
+
+
 def uvicorn_command(
     *,
     host: str,
@@ -53,8 +59,7 @@ def uvicorn_command(
         "--loop", "uvloop", "--http", "httptools", "--lifespan", "on",
         "--no-access-log", "--log-level", log_level,
         # Past the relay's own grace for open streams (lifecycle), so they end cleanly first.
-        "--timeout-graceful-shutdown",
-        str(int(settings.PROXY_SHUTDOWN_GRACE_SECONDS) + 10),
+        "--timeout-graceful-shutdown", str(int(_shutdown_grace()) + 10),
         "--backlog", "4096",
     ]  # fmt: skip
 

@@ -570,20 +570,13 @@ def test_a_fault_run_of_mixed_requests_leaves_exactly_one_record_each(e2e):
                     messages=HELLO,
                     extra_body={"fake": {"fail_status": 500 if i % 16 < 8 else 429}},
                 )
-            elif kind == 3:
+            elif kind in (3, 4):
+                broken = "cut_after" if kind == 3 else "end_early_after"
                 for _ in client.chat.completions.create(
                     model="gpt-4o-mini",
                     messages=HELLO,
                     stream=True,
-                    extra_body={"fake": {"completion_tokens": 40, "cut_after": 5}},
-                ):
-                    pass
-            elif kind == 4:
-                for _ in client.chat.completions.create(
-                    model="gpt-4o-mini",
-                    messages=HELLO,
-                    stream=True,
-                    extra_body={"fake": {"completion_tokens": 40, "end_early_after": 5}},
+                    extra_body={"fake": {"completion_tokens": 40, broken: 5}},
                 ):
                     pass
             elif kind == 5:

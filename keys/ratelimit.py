@@ -199,6 +199,20 @@ def _redis_failed(exc: Exception, now: float) -> None:
         )
 
 
+# Concurrency slots whose release could not reach Redis, given back when it answers again.
+_unreleased: list[str] = []
+
+
+async def _release_unreleased(client) -> None:  # noqa: ANN001
+    while _unreleased:
+        name = _unreleased.pop()
+        try:
+            await client.release_script(keys=[name, "oaiproxy:rl:none"], args=["1", "0", 0])
+        except _redis_errors():
+            _unreleased.append(name)
+            return
+
+
 def _redis_ok() -> None:
     global _redis_down_since
     if _redis_down_since is not None:
@@ -235,6 +249,8 @@ async def rate_acquire(key: KeyInfo, *, tokens: int) -> RateTicket | RateLimited
         for scope in scopes:
             argv += [scope.limits.rpm or 0, scope.limits.tpm or 0, scope.limits.max_concurrent or 0]
         try:
+            if _unreleased:
+                await _release_unreleased(client)
             code, index = await client.acquire_script(keys=[k for n in names for k in n], args=argv)
         except _redis_errors() as exc:
             _redis_failed(exc, now)
@@ -278,8 +294,10 @@ async def rate_release(ticket: RateTicket, *, actual_tokens: int) -> None:
                     args=["1" if cc else "0", "1" if tk else "0", delta],
                 )
         except _redis_errors() as exc:
-            # The slot ages out with CONCURRENCY_TTL; the minute's token count is left high.
+            # Given back once Redis answers again (else a slot stays taken until
+            # CONCURRENCY_TTL); the minute's token count is left as it was.
             _redis_failed(exc, time.time())
+            _unreleased.extend(ticket.concurrency_keys)
         return
     now = time.time()
     for name in ticket.concurrency_keys:

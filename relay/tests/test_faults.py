@@ -396,6 +396,33 @@ def test_a_redis_outage_keeps_budgets_hard(e2e, private_redis, server_logs):
     assert_books_balance()
 
 
+def test_a_concurrency_slot_released_while_redis_hangs_comes_back(e2e, private_redis, server_logs):
+    secret = e2e.key(max_concurrent=1)
+    proxy = start_proxy(e2e.upstream.url, server_logs, extra_env={"CACHE_URL": private_redis.url})
+    with running(proxy):
+        client = openai.OpenAI(api_key=secret, base_url=proxy.v1, max_retries=0, timeout=10)
+        slow = threading.Thread(
+            target=client.chat.completions.create,
+            kwargs={
+                "model": "gpt-4o-mini",
+                "messages": HELLO,
+                "extra_body": {"fake": {"latency_ms": 800}},
+            },
+        )
+        slow.start()  # takes the one slot, in Redis
+        time.sleep(0.3)
+        os.kill(private_redis.proc.pid, signal.SIGSTOP)  # Redis hangs (its data kept)
+        try:
+            slow.join()  # its release cannot reach Redis
+            time.sleep(0.5)
+        finally:
+            os.kill(private_redis.proc.pid, signal.SIGCONT)
+        time.sleep(1.2)  # Redis is tried again once a second
+        # The slot was given back when Redis answered again: not "too many concurrent".
+        client.chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+    records_for(secret, 2)
+
+
 def time_now():
     from django.utils import timezone
 

@@ -5,8 +5,9 @@ decimal places. PostgreSQL keeps that exactly in NUMERIC(22, 12). SQLite has no 
 Django's DecimalField lands in a NUMERIC-affinity column that SQLite stores as a REAL (15
 significant digits), and `reserved_usd + ?` in SQL is float arithmetic. So on SQLite this field
 stores an INTEGER count of 10⁻¹² dollars (picodollars): SQL arithmetic and SUM() on it are
-exact integer arithmetic, up to $9,223,372 in one value (SQLite raises on overflow rather than
-rounding). Python always sees a Decimal.
+exact integer arithmetic, up to $9,223,372 in one value. A value past that is refused, and so
+is a ledger update whose sum would pass it (SQLite's arithmetic would quietly turn it into a
+REAL; keys.services checks the type it returns). Python always sees a Decimal.
 """
 
 from __future__ import annotations
@@ -20,10 +21,15 @@ PLACES = 12
 QUANTUM = Decimal(1).scaleb(-PLACES)
 
 
+def quantized(value: Decimal | int | str) -> Decimal:
+    """Dollars rounded to the 10⁻¹² the columns keep, half to even on every database."""
+    amount = value if isinstance(value, Decimal) else Decimal(str(value))
+    return amount.quantize(QUANTUM, rounding=ROUND_HALF_EVEN)
+
+
 def to_units(value: Decimal | int | str) -> int:
     """Dollars as an integer count of 10⁻¹² dollars (the SQLite storage form)."""
-    amount = value if isinstance(value, Decimal) else Decimal(str(value))
-    return int(amount.quantize(QUANTUM, rounding=ROUND_HALF_EVEN).scaleb(PLACES))
+    return int(quantized(value).scaleb(PLACES))
 
 
 def from_units(units: int) -> Decimal:
@@ -55,7 +61,10 @@ class MoneyField(models.DecimalField):
             value = self.get_prep_value(value)
         if connection.vendor == "sqlite":
             return to_units(value)
-        return connection.ops.adapt_decimalfield_value(value, self.max_digits, self.decimal_places)
+        # Rounded here, half to even as on SQLite: NUMERIC would round half away from zero.
+        return connection.ops.adapt_decimalfield_value(
+            quantized(value), self.max_digits, self.decimal_places
+        )
 
     def from_db_value(self, value: Any, expression: Any, connection: Any) -> Decimal | None:
         if value is None:
@@ -70,7 +79,12 @@ class MoneyField(models.DecimalField):
 
 def money_param(value: Decimal, connection: Any) -> Any:
     """A dollar amount as a raw-SQL parameter compared with or added to a MoneyField column."""
-    return to_units(value) if connection.vendor == "sqlite" else value
+    return to_units(value) if connection.vendor == "sqlite" else quantized(value)
+
+
+class MoneyOverflow(OverflowError):
+    """SQLite: a sum past what a 64-bit integer of picodollars holds ($9,223,372.036854775807).
+    SQLite would silently make it a REAL there, so the write is refused instead."""
 
 
 def sqlite_convert_columns(schema_editor: Any, table: str, columns: list[str], *, to: str) -> None:

@@ -12,7 +12,7 @@ from django.contrib.auth import get_user_model
 from django.db import DatabaseError, IntegrityError, connection, models, transaction
 from django.utils import timezone
 
-from keys.fields import from_units, money_param
+from keys.fields import MoneyOverflow, from_units, money_param
 from keys.models import (
     ApiKey,
     Period,
@@ -148,7 +148,9 @@ def _money(value: object) -> Decimal:
     # MoneyField columns read raw: integer picodollars on SQLite, NUMERIC on PostgreSQL.
     if isinstance(value, Decimal):
         return value
-    return from_units(int(value))  # type: ignore[call-overload]
+    if not isinstance(value, int):
+        raise MoneyOverflow("a ledger amount is past what SQLite holds exactly")
+    return from_units(value)
 
 
 def _owner(scope: str, owner_id: int) -> dict[str, int]:
@@ -462,7 +464,8 @@ def quota_settle(*, moves: list[LedgerMove]) -> None:
             cursor.execute(
                 f"UPDATE {table} SET reserved_usd = reserved_usd - %s,"  # noqa: S608
                 " spent_usd = spent_usd + %s,"
-                " reserved_tokens = reserved_tokens - %s, tokens = tokens + %s WHERE id = %s",
+                " reserved_tokens = reserved_tokens - %s, tokens = tokens + %s WHERE id = %s"
+                " RETURNING spent_usd, reserved_usd",
                 [
                     money_param(released, connection),
                     money_param(spent, connection),
@@ -471,6 +474,10 @@ def quota_settle(*, moves: list[LedgerMove]) -> None:
                     ledger_id,
                 ],
             )
+            row = cursor.fetchone()
+            if row is not None:
+                # SQLite: a sum that overflowed came back a REAL; refuse the whole write.
+                _money(row[0]), _money(row[1])
 
 
 def relay_process_beat(*, token: str, hostname: str, pid: int, started_at: dt.datetime) -> None:

@@ -15,6 +15,7 @@ from decimal import Decimal
 from django.conf import settings
 from django.http import HttpResponse
 
+from keys.fields import MoneyOverflow
 from keys.ratelimit import RateLimited, rate_acquire
 from keys.services import KeyInactive, QuotaExceeded, Reservation, quota_reserve
 from relay import errors, lifecycle, recording
@@ -86,4 +87,10 @@ async def grant(
             )
         except UNAVAILABLE:
             return refuse(ex, errors.database_unavailable(), "database_unavailable")
+        except MoneyOverflow:
+            message = (
+                "This key's spend has reached what the proxy's SQLite database can count "
+                "exactly ($9.2 million); the operator must move the proxy to PostgreSQL."
+            )
+            return refuse(ex, errors.insufficient_quota(message), "insufficient_quota")
     return None  # not reached: the last attempt returns

@@ -59,7 +59,12 @@ def _sanitised(record: UsageRecord) -> None:
             if field.max_length:
                 value = value[: field.max_length]
             setattr(record, field.attname, value)
-        elif isinstance(value, int) and not isinstance(value, bool) and not field.primary_key:
+        elif (
+            isinstance(value, int)
+            and not isinstance(value, bool)
+            and not (field.primary_key or field.is_relation or field.attname.endswith("_id"))
+        ):
+            # Counts only: an id clamped would be another row's id (another tenant's key).
             if isinstance(field, models.SmallIntegerField):
                 ceiling = 2**15 - 1
             elif isinstance(field, models.BigIntegerField):
@@ -106,9 +111,14 @@ def _write_alone(record: UsageRecord, outcome: _Outcome) -> None:
     except OSError:
         log.exception("the unwritable record could not be kept in a file either")
     if record.pk is not None:
-        usage_record_release(
-            record_id=record.pk, error_code="record_unwritable", status_code=record.status_code
-        )
+        try:
+            usage_record_release(
+                record_id=record.pk, error_code="record_unwritable", status_code=record.status_code
+            )
+        except UNAVAILABLE:
+            raise
+        except Exception:  # noqa: BLE001 (kept in the file; the reaper ends it at restart)
+            log.exception("the reservation of an unwritable record could not be ended")
 
 
 def _write(records: list[UsageRecord], outcome: _Outcome) -> None:

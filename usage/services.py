@@ -138,6 +138,9 @@ def _rollups_add(entries: list[tuple[UsageRecord, int]]) -> None:
             for f, v in deltas.items()
         }
         if UsageDaily.objects.filter(**row).update(**increments):
+            if deltas["requests"] < 0:
+                # A reaped record replaced by its real one may leave its estimate's row empty.
+                UsageDaily.objects.filter(**row, requests=0).delete()
             continue
         try:
             with transaction.atomic():

@@ -117,7 +117,7 @@ def _write_alone(record: UsageRecord, outcome: _Outcome) -> None:
             )
         except UNAVAILABLE:
             raise
-        except Exception:  # noqa: BLE001 (kept in the file; the reaper ends it at restart)
+        except Exception:  # kept in the file; the reaper ends it at the next restart
             log.exception("the reservation of an unwritable record could not be ended")
 
 

@@ -569,7 +569,7 @@ def _database_url() -> str:
 
 
 def test_a_fault_run_of_mixed_requests_leaves_exactly_one_record_each(e2e):
-    """N requests, 24 at a time: plain, streamed, upstream errors, cut and short streams,
+    """300 requests, 30 at a time: plain, streamed, upstream errors, cut and short streams,
     clients that give up and that hang up mid-stream. Exactly N records; the books balance;
     every record that is not an estimate carries exactly the usage "OpenAI" billed."""
     secret = e2e.key(budget_usd="20", max_concurrent=40)
@@ -620,8 +620,8 @@ def test_a_fault_run_of_mixed_requests_leaves_exactly_one_record_each(e2e):
         except (openai.APIError, httpx.HTTPError) as exc:
             return type(exc).__name__
 
-    n = 240
-    with concurrent.futures.ThreadPoolExecutor(24) as pool:
+    n = 300
+    with concurrent.futures.ThreadPoolExecutor(30) as pool:
         list(pool.map(one, range(n)))
     records = records_for(secret, n, timeout=20)
     bills = {b["request_id"]: b for b in e2e.upstream.bills()["bills"]}

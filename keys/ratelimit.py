@@ -17,6 +17,7 @@ import dataclasses
 import logging
 import math
 import time
+import uuid
 
 from django.conf import settings
 
@@ -27,16 +28,25 @@ WINDOW = 60
 # Redis calls on the request path give up after this; then the local counters take over.
 _REDIS_TIMEOUT = 0.5
 _REDIS_RETRY_SECONDS = 1.0
-CONCURRENCY_TTL = 900  # a crashed process's in-flight count ages out after this
+# A request's concurrency slot is a member of a sorted set, scored by when it was taken: a
+# slot whose release never came (a process killed, a release lost with Redis) is pruned after
+# this, and releasing is ZREM, which a retried release cannot do twice.
+CONCURRENCY_TTL = 900
 
 _ACQUIRE = """
 local tokens = tonumber(ARGV[1])
 local n = tonumber(ARGV[2])
+local now = tonumber(ARGV[3 + n * 3])
+local member = ARGV[4 + n * 3]
+local ttl = tonumber(ARGV[5 + n * 3])
 for i = 0, n - 1 do
   local rpm, tpm, cc = tonumber(ARGV[3 + i * 3]), tonumber(ARGV[4 + i * 3]), tonumber(ARGV[5 + i * 3])
   if rpm > 0 and tonumber(redis.call('GET', KEYS[1 + i * 3]) or '0') + 1 > rpm then return {1, i} end
   if tpm > 0 and tonumber(redis.call('GET', KEYS[2 + i * 3]) or '0') + tokens > tpm then return {2, i} end
-  if cc > 0 and tonumber(redis.call('GET', KEYS[3 + i * 3]) or '0') + 1 > cc then return {3, i} end
+  if cc > 0 then
+    redis.call('ZREMRANGEBYSCORE', KEYS[3 + i * 3], '-inf', now - ttl)
+    if redis.call('ZCARD', KEYS[3 + i * 3]) + 1 > cc then return {3, i} end
+  end
 end
 for i = 0, n - 1 do
   if tonumber(ARGV[3 + i * 3]) > 0 then
@@ -46,17 +56,14 @@ for i = 0, n - 1 do
     redis.call('INCRBY', KEYS[2 + i * 3], tokens); redis.call('EXPIRE', KEYS[2 + i * 3], 120)
   end
   if tonumber(ARGV[5 + i * 3]) > 0 then
-    redis.call('INCR', KEYS[3 + i * 3]); redis.call('EXPIRE', KEYS[3 + i * 3], CONCURRENCY_TTL)
+    redis.call('ZADD', KEYS[3 + i * 3], now, member); redis.call('EXPIRE', KEYS[3 + i * 3], ttl)
   end
 end
 return {0, 0}
-""".replace("CONCURRENCY_TTL", str(CONCURRENCY_TTL))
+"""
 
 _RELEASE = """
-if ARGV[1] == '1' then
-  local left = redis.call('DECR', KEYS[1])
-  if left < 0 then redis.call('SET', KEYS[1], 0) end
-end
+if ARGV[1] == '1' then redis.call('ZREM', KEYS[1], ARGV[4]) end
 if ARGV[2] == '1' and tonumber(ARGV[3]) ~= 0 and redis.call('EXISTS', KEYS[2]) == 1 then
   redis.call('INCRBY', KEYS[2], ARGV[3])
 end
@@ -86,6 +93,7 @@ class RateTicket:
     token_keys: list[str]
     tokens: int
     local: bool = True  # counted in this process (no Redis, or Redis was away)
+    member: str = ""  # this request's member of the concurrency sets in Redis
 
 
 def _scopes(key: KeyInfo) -> list[Scope]:
@@ -104,7 +112,7 @@ def _names(scope: Scope, minute: int) -> tuple[str, str, str]:
     return (
         f"{prefix}:{scope.name}:r:{minute}",
         f"{prefix}:{scope.name}:t:{minute}",
-        f"{prefix}:{scope.name}:c",
+        f"{prefix}:{scope.name}:cz",
     )
 
 
@@ -199,17 +207,18 @@ def _redis_failed(exc: Exception, now: float) -> None:
         )
 
 
-# Concurrency slots whose release could not reach Redis, given back when it answers again.
-_unreleased: list[str] = []
+# Concurrency slots (set, member) whose release could not reach Redis, or whose acquire timed
+# out on our side but may have run on Redis: given back when it answers again.
+_unreleased: list[tuple[str, str]] = []
 
 
 async def _release_unreleased(client) -> None:  # noqa: ANN001
     while _unreleased:
-        name = _unreleased.pop()
+        name, member = _unreleased.pop()
         try:
-            await client.release_script(keys=[name, "oaiproxy:rl:none"], args=["1", "0", 0])
+            await client.release_script(keys=[name, "oaiproxy:rl:none"], args=["1", "0", 0, member])
         except _redis_errors():
-            _unreleased.append(name)
+            _unreleased.append((name, member))
             return
 
 
@@ -245,15 +254,19 @@ async def rate_acquire(key: KeyInfo, *, tokens: int) -> RateTicket | RateLimited
     )
     if uses_redis() and _redis_usable(now):
         client = _redis_client()
-        argv: list[int] = [tokens, len(scopes)]
+        argv: list[int | float | str] = [tokens, len(scopes)]
         for scope in scopes:
             argv += [scope.limits.rpm or 0, scope.limits.tpm or 0, scope.limits.max_concurrent or 0]
+        ticket.member = uuid.uuid4().hex
+        argv += [now, ticket.member, CONCURRENCY_TTL]
         try:
             if _unreleased:
                 await _release_unreleased(client)
             code, index = await client.acquire_script(keys=[k for n in names for k in n], args=argv)
         except _redis_errors() as exc:
             _redis_failed(exc, now)
+            # A timed-out script may still have taken its slots: give them back later.
+            _unreleased.extend((name, ticket.member) for name in ticket.concurrency_keys)
         else:
             _redis_ok()
             if code:
@@ -291,13 +304,13 @@ async def rate_release(ticket: RateTicket, *, actual_tokens: int) -> None:
                 tk = ticket.token_keys[i] if i < len(ticket.token_keys) else ""
                 await client.release_script(
                     keys=[cc or "oaiproxy:rl:none", tk or "oaiproxy:rl:none"],
-                    args=["1" if cc else "0", "1" if tk else "0", delta],
+                    args=["1" if cc else "0", "1" if tk else "0", delta, ticket.member],
                 )
         except _redis_errors() as exc:
             # Given back once Redis answers again (else a slot stays taken until
             # CONCURRENCY_TTL); the minute's token count is left as it was.
             _redis_failed(exc, time.time())
-            _unreleased.extend(ticket.concurrency_keys)
+            _unreleased.extend((name, ticket.member) for name in ticket.concurrency_keys)
         return
     now = time.time()
     for name in ticket.concurrency_keys:

@@ -102,22 +102,24 @@ class RelayHandler(ASGIHandler):
             asyncio.create_task(self.listen_for_disconnect(receive)),
             asyncio.create_task(process_request()),
         ]
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        for task in tasks:
-            if task.done():
-                with contextlib.suppress(RequestAborted):
-                    task.result()
-            else:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        for response in made:
-            if isinstance(response, RelayStreamingResponse):
-                # Its client left before the stream was sent or read to the end: a stream
-                # never started has no generator to record it, so it is recorded here (a
-                # no-op for one that ended).
-                response.abandon()
-            _close_quietly(response)
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in tasks:
+                if task.done():
+                    with contextlib.suppress(RequestAborted):
+                        task.result()
+                else:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+        finally:
+            # Whatever happened above (a send that raised included), a relayed stream never
+            # sent or not read to the end is recorded here: one never started has no
+            # generator to do it (a no-op for one that ended).
+            for response in made:
+                if isinstance(response, RelayStreamingResponse):
+                    response.abandon()
+                _close_quietly(response)
         body_file.close()
 
 

@@ -54,8 +54,8 @@ async def grant(
         )
     ex.ticket = ticket
     try:
-        await lifecycle.ensure_registered()
-    except UNAVAILABLE:
+        await asyncio.wait_for(lifecycle.ensure_registered(), timeout=settings.PROXY_DB_TIMEOUT)
+    except (TimeoutError, *UNAVAILABLE):
         return refuse(ex, errors.database_unavailable(), "database_unavailable")
     record = ex.pending_record(price)
     for attempt in range(_SETTLE_RETRIES + 1):

@@ -92,6 +92,7 @@ class Exchange:
         # stream waiting for upstream's headers); otherwise the work goes on without it.
         self.cancel_on_leave: asyncio.Task | None = None
         self.pending: UsageRecord | None = None
+        self.book: PriceBook | None = None  # the prices this request was sized with
         # True when something else has taken on finishing it (a reservation still on its way).
         self.finish_later = False
         self._finished = False
@@ -176,6 +177,7 @@ class Exchange:
         if self._finished:
             return
         self._finished = True
+        book = book or self.book
         estimated = False
         if usage is None and estimated_text is not None:
             # Upstream sent no usage (cut stream, client gone): count what was sent and

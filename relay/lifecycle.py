@@ -159,7 +159,7 @@ async def startup() -> None:
         await sync_to_async(count_text, thread_sensitive=False)("warm up", model)
     _watch_signals(asyncio.get_running_loop())
     try:
-        await ensure_registered()
+        await asyncio.wait_for(ensure_registered(), timeout=settings.PROXY_DB_TIMEOUT)
     except Exception as exc:  # noqa: BLE001 (serve anyway: requests get 503 until it is back)
         log.error("database unreachable at start (%s); registering later", type(exc).__name__)
 

@@ -361,6 +361,7 @@ async def _metered(request: HttpRequest, ex: Exchange, kind: str) -> HttpRespons
     book = await _prices()
     if book is None:
         return refuse(ex, errors.database_unavailable(), "database_unavailable")
+    ex.book = book  # every end of this request is priced, however it ends
     price = book.price(model, ex.now)
     if (price is None or not price.is_priced) and ex.key.has_budget and kind != "moderation":
         return refuse(

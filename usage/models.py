@@ -136,13 +136,26 @@ class UsageRecord(models.Model):
     # A granted request's record is written as `pending` in the transaction that reserves its
     # budget, so a reservation can never exist without a row that ends it: the relay completes
     # the row at settlement, or the reaper does if the process that held it died.
-    state = models.CharField(max_length=8, choices=RecordState.choices, default=RecordState.DONE)
-    reserved_usd = MoneyField(default=Decimal(0), help_text="Budget held while in flight.")
-    reserved_tokens = models.BigIntegerField(default=0)
+    # Database defaults too, so a process of the previous release still running while
+    # `migrate` runs (a rolling deploy on PostgreSQL) can go on inserting its records.
+    state = models.CharField(
+        max_length=8,
+        choices=RecordState.choices,
+        default=RecordState.DONE,
+        db_default=RecordState.DONE,
+    )
+    reserved_usd = MoneyField(
+        default=Decimal(0), db_default=Decimal(0), help_text="Budget held while in flight."
+    )
+    reserved_tokens = models.BigIntegerField(default=0, db_default=0)
     key_ledger_id = models.BigIntegerField(null=True, blank=True)
     user_ledger_id = models.BigIntegerField(null=True, blank=True)
     process = models.CharField(
-        max_length=40, blank=True, help_text="The relay process that held the reservation."
+        max_length=40,
+        blank=True,
+        default="",
+        db_default="",
+        help_text="The relay process that held the reservation.",
     )
 
     class Meta:

@@ -9,8 +9,8 @@ import logging
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
-from django.db import IntegrityError, connection, transaction
-from django.db.models import F, Value
+from django.db import IntegrityError, InterfaceError, OperationalError, connection, transaction
+from django.db.models import F, QuerySet, Value
 from django.utils import timezone
 
 from keys.fields import MoneyField
@@ -295,48 +295,86 @@ class ReapResult:
     billed_usd: Decimal
 
 
+def _reap_rows(rows: list[UsageRecord], now: dt.datetime) -> tuple[Decimal, Decimal]:
+    """End these locked pending rows as reaped; (released, billed)."""
+    moves = []
+    released = billed = Decimal(0)
+    for row in rows:
+        row.state = RecordState.REAPED
+        row.status_code = 502
+        row.error_code = "proxy_died"
+        row.estimated = True
+        # Clamped: another host's clock can be behind, and a row can be weeks old.
+        row.latency_ms = max(0, min(int((now - row.created_at).total_seconds() * 1000), 2**31 - 1))
+        estimate = row.cost_usd or Decimal(0)
+        moves.append(
+            LedgerMove(
+                row.key_ledger_id, row.user_ledger_id, row.reserved_usd, row.reserved_tokens,
+                estimate, _tokens(row),
+            )
+        )  # fmt: skip
+        released += row.reserved_usd - estimate
+        billed += estimate
+    UsageRecord.objects.bulk_update(
+        rows, ["state", "status_code", "error_code", "estimated", "latency_ms"]
+    )
+    _rollups_add([(row, 1) for row in rows])
+    quota_settle(moves=moves)
+    return released, billed
+
+
 def usage_records_reap(
     *, live_processes: list[str], batch: int = 500, now: dt.datetime | None = None
 ) -> ReapResult:
     """End the reservations of relay processes that are not in `live_processes` (they died:
     `kill -9`, OOM, a lost machine). Each pending record becomes a `reaped` record billed at
     what it was reserved with as its estimate (the prompt's input price: OpenAI bills the input
-    of any request it received) and marked as such; the rest of its reservation is released."""
+    of any request it received) and marked as such; the rest of its reservation is released.
+    A row the database will not take (a ledger past what SQLite holds) is left out and logged:
+    it never stops the others from being healed."""
     now = now or timezone.now()
     records = 0
     released = billed = Decimal(0)
+    stuck: set[int] = set()
+
+    def pending() -> QuerySet[UsageRecord]:
+        # skip_locked: a row the relay is completing right now is the relay's to end.
+        return (
+            UsageRecord.objects.select_for_update(skip_locked=True)
+            .filter(state=RecordState.PENDING)
+            .exclude(process__in=live_processes)
+            .exclude(pk__in=stuck)
+            .order_by("pk")
+        )
+
     while True:
-        with transaction.atomic():
-            rows = list(
-                # skip_locked: a row the relay is completing right now is the relay's to end.
-                UsageRecord.objects.select_for_update(skip_locked=True)
-                .filter(state=RecordState.PENDING)
-                .exclude(process__in=live_processes)
-                .order_by("pk")[:batch]
-            )
-            if not rows:
-                break
-            moves = []
+        try:
+            with transaction.atomic():
+                rows = list(pending()[:batch])
+                if not rows:
+                    break
+                freed, charged = _reap_rows(rows, now)
+        except (OperationalError, InterfaceError):
+            raise
+        except Exception:  # noqa: BLE001 (one bad row: heal the rest one by one)
             for row in rows:
-                row.state = RecordState.REAPED
-                row.status_code = 502
-                row.error_code = "proxy_died"
-                row.estimated = True
-                row.latency_ms = int((now - row.created_at).total_seconds() * 1000)
-                moves.append(
-                    LedgerMove(
-                        row.key_ledger_id, row.user_ledger_id, row.reserved_usd,
-                        row.reserved_tokens, row.cost_usd or Decimal(0), _tokens(row),
-                    )
-                )  # fmt: skip
-                released += row.reserved_usd - (row.cost_usd or Decimal(0))
-                billed += row.cost_usd or Decimal(0)
-            UsageRecord.objects.bulk_update(
-                rows, ["state", "status_code", "error_code", "estimated", "latency_ms"]
-            )
-            _rollups_add([(row, 1) for row in rows])
-            quota_settle(moves=moves)
-            records += len(rows)
+                try:
+                    with transaction.atomic():
+                        locked = list(pending().filter(pk=row.pk))
+                        if locked:
+                            freed, charged = _reap_rows(locked, now)
+                            released, billed, records = (
+                                released + freed,
+                                billed + charged,
+                                records + 1,
+                            )
+                except (OperationalError, InterfaceError):
+                    raise
+                except Exception:
+                    log.exception("reaper: pending record %s could not be ended", row.pk)
+                    stuck.add(row.pk)
+            continue
+        released, billed, records = released + freed, billed + charged, records + len(rows)
         if len(rows) < batch:
             break
     return ReapResult(records=records, released_usd=released, billed_usd=billed)

@@ -5,14 +5,9 @@ request's pending usage record (one round trip)."""
 
 from __future__ import annotations
 
-import importlib
-
 from django.conf import settings
 from django.db import migrations
 
-OLD_SIGNATURE = (
-    "bigint, bigint, bigint, numeric, bigint, numeric, bigint, bigint, numeric, bigint, bigint"
-)
 NEW_SIGNATURE = (
     "bigint, bigint, bigint, bigint, timestamptz, timestamptz, numeric, bigint,"
     " numeric, bigint, bigint, numeric, bigint, bigint"
@@ -68,16 +63,14 @@ def create(apps, schema_editor) -> None:  # noqa: ANN001 (migration signature)
     if schema_editor.connection.vendor != "postgresql":
         return
     users = apps.get_model(settings.AUTH_USER_MODEL)._meta.db_table
-    schema_editor.execute(f"DROP FUNCTION IF EXISTS oaiproxy_quota_reserve({OLD_SIGNATURE})")
+    # A new overload beside migration 0003's: processes of the previous release, still
+    # serving while `migrate` runs, go on calling the old one. A later release may drop it.
     schema_editor.execute(FUNCTION.replace("{users}", users))
 
 
 def drop(apps, schema_editor) -> None:  # noqa: ANN001
     if schema_editor.connection.vendor == "postgresql":
         schema_editor.execute(f"DROP FUNCTION IF EXISTS oaiproxy_quota_reserve({NEW_SIGNATURE})")
-        # Back to migration 0003's version of the function.
-        previous = importlib.import_module("keys.migrations.0003_quota_reserve_function")
-        previous.create(apps, schema_editor)
 
 
 class Migration(migrations.Migration):

@@ -479,3 +479,35 @@ def test_money_written_by_the_earlier_schema_reads_the_same_after_migrating():
     finally:
         # Whatever happened, later tests get the full schema.
         _migrate(_latest())
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_process_of_the_previous_release_keeps_working_after_migrate():
+    """A rolling deploy: `migrate` has run, an old relay process still serves. Its records
+    (inserted without the new columns) and, on PostgreSQL, its one-call reservation (the
+    previous function's signature) still work."""
+    info, _ = issue("olga")
+    usage_records_write(records=[finished(reserve(info, Decimal("0.001")), Decimal("0.001"))])
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO usage_usagerecord (created_at, user_id, api_key_id, key_prefix, endpoint,"
+            " model, response_model, service_tier, status_code, error_code, stream,"
+            " prompt_tokens, cached_tokens, cache_write_tokens, completion_tokens,"
+            " reasoning_tokens, audio_input_tokens, audio_output_tokens, estimated,"
+            " client_disconnected, upstream_request_id, response_id, request_body,"
+            " response_body) VALUES (%s, %s, %s, 'sk-proxy-old', 'chat/completions',"
+            " 'gpt-4o-mini', '', '', 200, '', false, 10, 0, 0, 5, 0, 0, 0, false, false, '',"
+            " '', '', '')",
+            [NOW, info.user_id, info.id],
+        )
+    row = UsageRecord.objects.get(key_prefix="sk-proxy-old")
+    assert (row.state, row.reserved_usd, row.process) == ("done", Decimal(0), "")
+    if connection.vendor == "postgresql":
+        key_ledger, user_ledger = ledgers_of(info)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT * FROM oaiproxy_quota_reserve(%s, %s, %s, %s, %s, NULL, NULL, NULL,"
+                " NULL, NULL, NULL)",
+                [key_ledger.pk, user_ledger.pk, info.id, Decimal("0.001"), 10],
+            )
+            assert cursor.fetchone() is not None

@@ -113,6 +113,7 @@ def test_a_client_leaving_a_stream_before_its_headers_closes_upstream_and_releas
     [record] = records_for(secret, 1)
     assert record.status_code == 499 and record.client_disconnected and record.estimated
     assert record.completion_tokens == 0 and record.prompt_tokens > 0  # its prompt's estimate
+    assert record.cost_usd is not None and record.cost_usd > 0  # ... priced, not free
     # The proxy hung up on "OpenAI" at once: it billed the prompt and generated nothing.
     [bill] = wait_for(lambda: e2e.upstream.bills()["bills"], what="the upstream bill")
     assert bill["outcome"] == "client_gone" and bill["completion_tokens"] == 0

@@ -38,22 +38,22 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='usagerecord',
             name='process',
-            field=models.CharField(blank=True, help_text='The relay process that held the reservation.', max_length=40),
+            field=models.CharField(blank=True, db_default='', default='', help_text='The relay process that held the reservation.', max_length=40),
         ),
         migrations.AddField(
             model_name='usagerecord',
             name='reserved_tokens',
-            field=models.BigIntegerField(default=0),
+            field=models.BigIntegerField(db_default=0, default=0),
         ),
         migrations.AddField(
             model_name='usagerecord',
             name='reserved_usd',
-            field=keys.fields.MoneyField(decimal_places=12, default=Decimal('0'), help_text='Budget held while in flight.', max_digits=22),
+            field=keys.fields.MoneyField(db_default=Decimal('0'), decimal_places=12, default=Decimal('0'), help_text='Budget held while in flight.', max_digits=22),
         ),
         migrations.AddField(
             model_name='usagerecord',
             name='state',
-            field=models.CharField(choices=[('pending', 'in flight'), ('done', 'done'), ('reaped', 'healed (its process died)')], default='done', max_length=8),
+            field=models.CharField(choices=[('pending', 'in flight'), ('done', 'done'), ('reaped', 'healed (its process died)')], db_default='done', default='done', max_length=8),
         ),
         migrations.AddField(
             model_name='usagerecord',

@@ -300,3 +300,35 @@ def test_healing_leaves_processes_seen_recently_alone(key):
     assert books(key)[:2] == (2 * ESTIMATE, 2 * HOLD)
     # A process not seen for ten times stale_after leaves the registry; the live one stays.
     assert list(RelayProcess.objects.values_list("token", flat=True)) == ["relay-live"]
+
+
+def test_one_row_the_database_refuses_never_stops_the_reaper_healing_the_rest(key, monkeypatch):
+    from usage import services as usage_services
+
+    dead = [reserve(key, process="relay-dead") for _ in range(4)]
+    poison = dead[2]
+    real_settle = usage_services.quota_settle
+
+    def settle(*, moves):  # the database refuses this one row's ledger update
+        if poison.pk in reaping:
+            raise ValueError("refused")
+        real_settle(moves=moves)
+
+    reaping: set[int] = set()
+    real_reap_rows = usage_services._reap_rows
+
+    def reap_rows(rows, now):
+        reaping.clear()
+        reaping.update(r.pk for r in rows)
+        return real_reap_rows(rows, now)
+
+    monkeypatch.setattr(usage_services, "quota_settle", settle)
+    monkeypatch.setattr(usage_services, "_reap_rows", reap_rows)
+
+    result = usage_records_reap(live_processes=[])
+
+    assert result.records == 3
+    states = dict(UsageRecord.objects.values_list("pk", "state"))
+    assert states[poison.pk] == RecordState.PENDING
+    assert {states[r.pk] for r in dead if r is not poison} == {RecordState.REAPED}
+    assert books(key)[:2] == (3 * ESTIMATE, HOLD)  # three healed, the poison still held

@@ -12,6 +12,7 @@ import asyncio
 import datetime as dt
 import logging
 import time
+import uuid
 from collections import OrderedDict
 from decimal import Decimal
 from typing import Any
@@ -93,6 +94,7 @@ class Exchange:
         self.cancel_on_leave: asyncio.Task | None = None
         self.pending: UsageRecord | None = None
         self.book: PriceBook | None = None  # the prices this request was sized with
+        self.uid = uuid.uuid4()  # its record's, so a write heard as failed is found again
         # True when something else has taken on finishing it (a reservation still on its way).
         self.finish_later = False
         self._finished = False
@@ -131,6 +133,7 @@ class Exchange:
             estimated=True,
             state=RecordState.PENDING,
             process=lifecycle.TOKEN,
+            uid=self.uid,
         )
         return self.pending
 
@@ -200,6 +203,7 @@ class Exchange:
         if self.reservation is None:
             record.pk = None  # not granted: a new record (a refusal, a failure before the grant)
         fields = {
+            "uid": self.uid,
             "created_at": self.now,
             "user_id": self.key.user_id,
             "api_key_id": self.key.id,

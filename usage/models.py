@@ -136,6 +136,9 @@ class UsageRecord(models.Model):
     # A granted request's record is written as `pending` in the transaction that reserves its
     # budget, so a reservation can never exist without a row that ends it: the relay completes
     # the row at settlement, or the reaper does if the process that held it died.
+    # Made by the relay for each request: a write whose commit's outcome is unknown (the
+    # connection broke after COMMIT) is found again by it, never inserted twice.
+    uid = models.UUIDField(null=True, blank=True, unique=True, editable=False)
     # Database defaults too, so a process of the previous release still running while
     # `migrate` runs (a rolling deploy on PostgreSQL) can go on inserting its records.
     state = models.CharField(

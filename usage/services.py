@@ -205,6 +205,15 @@ def _records_write(records: list[UsageRecord]) -> int:
     takes the difference.
     """
     new = [r for r in records if r.pk is None]
+    # A record whose row exists already: its request's reservation committed although the
+    # relay heard an error, or an earlier try of this write committed unheard. It completes
+    # (or skips) that row instead of making a second one.
+    uids = {r.uid: r for r in new if r.uid is not None}
+    if uids:
+        for pk, uid in UsageRecord.objects.filter(uid__in=uids).values_list("pk", "uid"):
+            uids[uid].pk = pk
+            uids[uid]._state.adding = False
+        new = [r for r in new if r.pk is None]
     finished = {r.pk: r for r in records if r.pk is not None}
     for record in new:
         record.state = RecordState.DONE

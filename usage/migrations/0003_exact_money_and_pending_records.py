@@ -60,6 +60,11 @@ class Migration(migrations.Migration):
             name='user_ledger_id',
             field=models.BigIntegerField(blank=True, null=True),
         ),
+        migrations.AddField(
+            model_name='usagerecord',
+            name='uid',
+            field=models.UUIDField(blank=True, editable=False, null=True, unique=True),
+        ),
         migrations.AlterField(
             model_name='usagedaily',
             name='cost_usd',

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import uuid
 from decimal import Decimal
 
 import pytest
@@ -69,6 +70,7 @@ def reserve(key: KeyInfo, *, process: str = "relay-1", hold: Decimal = HOLD) -> 
         estimated=True,
         state=RecordState.PENDING,
         process=process,
+        uid=uuid.uuid4(),
     )
     quota_reserve(key=key, cost=hold, tokens=1500, now=record.created_at, record=record)
     return record
@@ -332,3 +334,29 @@ def test_one_row_the_database_refuses_never_stops_the_reaper_healing_the_rest(ke
     assert states[poison.pk] == RecordState.PENDING
     assert {states[r.pk] for r in dead if r is not poison} == {RecordState.REAPED}
     assert books(key)[:2] == (3 * ESTIMATE, HOLD)  # three healed, the poison still held
+
+
+def test_a_write_whose_commit_was_not_heard_is_not_made_twice(key):
+    first = refused(key)
+    first.uid = uuid.uuid4()
+    usage_records_write(records=[first])
+    # The connection broke after COMMIT: the writer heard an error and tries the same record
+    # again, as it was handed over (no id).
+    again = refused(key)
+    again.uid = first.uid
+    usage_records_write(records=[again])
+    assert UsageRecord.objects.filter(api_key_id=key.id).count() == 1
+    assert rollup_totals()["requests"] == 1
+
+
+def test_a_reservation_committed_but_heard_as_failed_is_ended_by_its_record(key):
+    # The reservation's statement committed, then the connection broke before its answer:
+    # the relay answered 503 and recorded it as a request with no reservation.
+    record = reserve(key)
+    answered = refused(key)
+    answered.uid = record.uid
+    answered.status_code, answered.error_code = 503, "database_unavailable"
+    assert usage_records_write(records=[answered]) == 1
+    row = UsageRecord.objects.get(api_key_id=key.id)
+    assert (row.state, row.status_code) == (RecordState.DONE, 503)
+    assert books(key)[:2] == (Decimal(0), 0)  # nothing held, nothing billed

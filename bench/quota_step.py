@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from decimal import Decimal
 from pathlib import Path
 
@@ -68,6 +69,7 @@ def main() -> None:
             created_at=timezone.now(), user_id=key.user_id, api_key_id=key.id,
             key_prefix=key.prefix, endpoint="chat/completions", model="gpt-4o-mini",
             status_code=0, prompt_tokens=20, state=RecordState.PENDING, process="bench",
+            uid=uuid.uuid4(),
         )  # fmt: skip
 
     def settle(record: UsageRecord) -> None:

@@ -250,13 +250,18 @@ def _pg_books(url: str) -> tuple[int, int, Decimal, Decimal, Decimal]:
     return records, pending, cost, spent, reserved
 
 
-def test_a_postgresql_restart_mid_traffic_is_survived_without_a_process_restart(
-    private_postgres, fake_openai, server_logs
-):
+def _key_on(private_postgres) -> str:
+    """Migrate the private cluster, load prices, issue a $50 key on it; returns the key."""
     env = {**os.environ, "DATABASE_URL": private_postgres.url, "SECRET_KEY": "t"}
     _manage(env, "migrate", "--noinput", "-v", "0")
     _manage(env, "load_prices")
-    secret = _manage(env, "create_api_key", "pg-user", "--budget", "50").strip().splitlines()[-1]
+    return _manage(env, "create_api_key", "pg-user", "--budget", "50").strip().splitlines()[-1]
+
+
+def test_a_postgresql_restart_mid_traffic_is_survived_without_a_process_restart(
+    private_postgres, fake_openai, server_logs
+):
+    secret = _key_on(private_postgres)
     proxy = start_proxy(
         fake_openai.url,
         server_logs,
@@ -348,6 +353,47 @@ def test_a_stuck_database_gets_a_quick_503_and_the_late_reservation_is_released(
         records = records_for(secret, 2)
     assert records[1].status_code == 503 and records[1].error_code == "database_timeout"
     assert_books_balance()
+
+
+def test_after_a_database_outage_no_process_takes_another_for_dead(
+    private_postgres, fake_openai, server_logs
+):
+    """Every heartbeat is old when the database comes back; the reaper waits until the
+    processes could beat again, so the live process's requests in flight are not reaped."""
+    import psycopg2
+
+    secret = _key_on(private_postgres)
+    fast_reaper = {
+        "DATABASE_URL": private_postgres.url,
+        "PROXY_HEARTBEAT_SECONDS": "0.2",
+        "PROXY_REAP_AFTER_SECONDS": "1",
+    }
+    serving = start_proxy(fake_openai.url, server_logs, extra_env=fast_reaper)
+    reaping = start_proxy(fake_openai.url, server_logs, extra_env=fast_reaper)
+    with running(serving), running(reaping):
+        outcomes, streams = _open_streams(
+            serving, secret, 5, {"completion_tokens": 200, "chunk_delay_ms": 50}
+        )
+        private_postgres.stop(mode="fast")
+        time.sleep(2.5)  # longer than PROXY_REAP_AFTER_SECONDS
+        private_postgres.start()
+        seen: set[str] = set()
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline:
+            try:
+                with psycopg2.connect(private_postgres.url) as conn, conn.cursor() as cur:
+                    cur.execute("SELECT DISTINCT state FROM usage_usagerecord")
+                    seen.update(state for (state,) in cur.fetchall())
+            except psycopg2.OperationalError:
+                pass
+            time.sleep(0.1)
+        for t in streams:
+            t.join(timeout=15)
+        time.sleep(1)
+    assert "reaped" not in seen, "a live process's requests were reaped after the outage"
+    assert [kind for kind, _ in outcomes] == ["done"] * 5
+    records, pending, cost, spent, reserved = _pg_books(private_postgres.url)
+    assert (records, pending, reserved) == (5, 0, 0) and cost == spent > 0
 
 
 # -- Redis goes away ----------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from keys import selectors, services
 from keys.models import EPOCH, QuotaLedger, period_start
 from keys.selectors import KeyInfo, key_info_for_secret
 from keys.services import QuotaExceeded, key_issue, quota_reserve, user_limit_set
+from tests.factories import request_record
 from usage.models import RecordState, UsageDaily, UsageRecord
 from usage.services import usage_records_write
 
@@ -41,20 +42,7 @@ def issue(username: str, **limits: object) -> tuple[KeyInfo, str]:
 
 
 def pending(key: KeyInfo, *, now: dt.datetime = NOW, estimate: Decimal = Decimal("0.0001")):
-    return UsageRecord(
-        created_at=now,
-        user_id=key.user_id,
-        api_key_id=key.id,
-        key_prefix=key.prefix,
-        endpoint="chat/completions",
-        model="gpt-4o-mini",
-        status_code=0,
-        prompt_tokens=10,
-        cost_usd=estimate,
-        estimated=True,
-        state=RecordState.PENDING,
-        process="test-relay",
-    )
+    return request_record(key, created_at=now, cost_usd=estimate)
 
 
 def reserve(key: KeyInfo, cost: Decimal, *, now: dt.datetime = NOW, tokens: int = 100):

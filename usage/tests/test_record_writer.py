@@ -24,6 +24,7 @@ from keys.models import ApiKey, QuotaLedger, RelayProcess, period_start
 from keys.selectors import KeyInfo, key_info_for_secret
 from keys.services import key_issue, quota_reserve, relay_process_beat
 from relay.recording import write_now
+from tests.factories import request_record
 from usage.models import RecordState, UsageDaily, UsageRecord
 from usage.services import reservations_heal, usage_records_reap, usage_records_write
 
@@ -57,21 +58,7 @@ def unwritable(settings, tmp_path):
 
 def reserve(key: KeyInfo, *, process: str = "relay-1", hold: Decimal = HOLD) -> UsageRecord:
     """A granted request, as the relay makes it: its reservation and its pending row."""
-    record = UsageRecord(
-        created_at=timezone.now(),
-        user_id=key.user_id,
-        api_key_id=key.id,
-        key_prefix=key.prefix,
-        endpoint="chat/completions",
-        model="gpt-4o-mini",
-        status_code=0,
-        prompt_tokens=1000,
-        cost_usd=ESTIMATE,
-        estimated=True,
-        state=RecordState.PENDING,
-        process=process,
-        uid=uuid.uuid4(),
-    )
+    record = request_record(key, prompt_tokens=1000, cost_usd=ESTIMATE, process=process)
     quota_reserve(key=key, cost=hold, tokens=1500, now=record.created_at, record=record)
     return record
 

@@ -125,7 +125,22 @@ def _stop_process(proc: subprocess.Popen, sig: int, timeout: float) -> None:
             proc.wait()
 
 
-class PrivatePostgres:
+class _ServerProcess:
+    """What both private servers share: the process this test owns and its log."""
+
+    proc: subprocess.Popen | None
+    log: Path
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def output(self) -> str:
+        """The server's log, across every start."""
+        return self.log.read_text(errors="replace")
+
+
+class PrivatePostgres(_ServerProcess):
     """A throwaway PostgreSQL cluster on 127.0.0.1 at a free port; call start() to run it.
 
     The port, data and settings survive stop/start/kill, so clients reconnect to the same url
@@ -182,14 +197,6 @@ class PrivatePostgres:
 
     def url_for(self, dbname: str) -> str:
         return f"postgres://{PG_USER}@127.0.0.1:{self.port}/{dbname}"
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def output(self) -> str:
-        """The server's log, across every start."""
-        return self.log.read_text(errors="replace")
 
     def _ready(self) -> bool:
         result = subprocess.run(
@@ -269,7 +276,7 @@ class PrivatePostgres:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-class PrivateRedis:
+class PrivateRedis(_ServerProcess):
     """A redis-server on 127.0.0.1 at a free port, without persistence; call start() to run it.
 
     The port survives stop/start/kill, the data does not: each start is an empty Redis.
@@ -289,13 +296,6 @@ class PrivateRedis:
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
 
     def _ready(self) -> bool:
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import secrets
 from decimal import Decimal
 
@@ -382,6 +383,22 @@ def _reserve(
     )
 
 
+@functools.cache
+def _reserve_and_insert_sql(model: type[models.Model]) -> tuple[str, list[models.Field]]:
+    """The one-call reservation's statement for records of `model`, and the fields it fills
+    (made once: the columns are the model's)."""
+    fields = [f for f in model._meta.concrete_fields if not f.primary_key]
+    columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
+    sql = (
+        "WITH q AS (SELECT * FROM oaiproxy_quota_reserve("  # noqa: S608 (names from _meta)
+        "%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)),"
+        f" r AS (INSERT INTO {model._meta.db_table} ({columns})"
+        f" SELECT {', '.join(['%s'] * len(fields))} FROM q RETURNING id)"
+        " SELECT q.*, r.id FROM q CROSS JOIN r"
+    )
+    return sql, fields
+
+
 def _reserve_in_one_call(
     *, key: KeyInfo, cost: Decimal, tokens: int, now: dt.datetime, record: models.Model
 ) -> Reservation | None:
@@ -389,17 +406,8 @@ def _reserve_in_one_call(
     record's INSERT in one statement, one round trip. None when it did not reserve (refused,
     revoked, a row gone): the caller's transaction then tries again and says why."""
     k, u = key.key_limits, key.user_limits
-    fields = [f for f in record._meta.concrete_fields if not f.primary_key]
-    table = record._meta.db_table
-    columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
+    sql, fields = _reserve_and_insert_sql(type(record))
     values = [f.get_db_prep_save(getattr(record, f.attname), connection) for f in fields]
-    sql = (
-        "WITH q AS (SELECT * FROM oaiproxy_quota_reserve("  # noqa: S608 (names from _meta)
-        "%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)),"
-        f" r AS (INSERT INTO {table} ({columns}) SELECT {', '.join(['%s'] * len(values))}"
-        " FROM q RETURNING id)"
-        " SELECT q.*, r.id FROM q CROSS JOIN r"
-    )
     params = [
         record.key_ledger_id, record.user_ledger_id, key.id, key.user_id,
         period_start(k.period, now), period_start(u.period, now), cost, tokens,

@@ -29,4 +29,17 @@ def bob_key(db):
     return key_issue(username="bob", name="bob ci", budget_usd=Decimal("1"))
 
 
+@pytest.fixture
+def fresh_key_caches():
+    """Clear the per-process key and ledger-id caches around a test: they outlive a test's
+    database, and an id or a key from a flushed database must not leak into the next test."""
+    from keys import selectors, services
+
+    services._ledger_ids.clear()
+    selectors._cache.clear()
+    yield
+    services._ledger_ids.clear()
+    selectors._cache.clear()
+
+
 pytest_plugins = ["tests.servers", "tests.e2e", "tests.services"]

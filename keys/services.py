@@ -125,7 +125,6 @@ class Reservation:
     tokens: int
     key_state: LedgerState
     user_state: LedgerState
-    record_id: int  # the pending usage record that ends this reservation
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -379,7 +378,6 @@ def _reserve(
         tokens=tokens,
         key_state=key_state,
         user_state=user_state,
-        record_id=record.pk,
     )
 
 
@@ -439,7 +437,6 @@ def _reserve_in_one_call(
         tokens=tokens,
         key_state=state(k, row[:5]),
         user_state=state(u, row[5:10]),
-        record_id=record.pk,
     )
 
 

@@ -53,10 +53,11 @@ async def grant(
             "rate_limit_exceeded",
         )
     ex.ticket = ticket
-    try:
-        await asyncio.wait_for(lifecycle.ensure_registered(), timeout=settings.PROXY_DB_TIMEOUT)
-    except (TimeoutError, *UNAVAILABLE):
-        return refuse(ex, errors.database_unavailable(), "database_unavailable")
+    if not lifecycle.registered():  # once per process; no task on every request after it
+        try:
+            await asyncio.wait_for(lifecycle.ensure_registered(), timeout=settings.PROXY_DB_TIMEOUT)
+        except (TimeoutError, *UNAVAILABLE):
+            return refuse(ex, errors.database_unavailable(), "database_unavailable")
     record = ex.pending_record(price)
     for attempt in range(_SETTLE_RETRIES + 1):
         future = in_db_thread(

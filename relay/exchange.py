@@ -119,23 +119,29 @@ class Exchange:
         elif self.prompt_estimate and price is not None:
             prompt_cost = None
         self.pending = UsageRecord(
-            created_at=self.now,
-            user_id=self.key.user_id,
-            api_key_id=self.key.id,
-            key_prefix=self.key.prefix,
-            endpoint=self.endpoint,
-            model=self.model[:120],
+            **self._identity(),
             service_tier=self.requested_tier[:16],
             status_code=0,
-            stream=self.stream,
             prompt_tokens=self.prompt_estimate,
             cost_usd=prompt_cost,
             estimated=True,
             state=RecordState.PENDING,
             process=lifecycle.TOKEN,
-            uid=self.uid,
         )
         return self.pending
+
+    def _identity(self) -> dict[str, object]:
+        """Who asked what, when: the same on the pending row and the finished record."""
+        return {
+            "uid": self.uid,
+            "created_at": self.now,
+            "user_id": self.key.user_id,
+            "api_key_id": self.key.id,
+            "key_prefix": self.key.prefix,
+            "endpoint": self.endpoint,
+            "model": self.model[:120],
+            "stream": self.stream,
+        }
 
     def keep_request_body(self, body: object) -> None:
         if not self.log_bodies:
@@ -203,13 +209,7 @@ class Exchange:
         if self.reservation is None:
             record.pk = None  # not granted: a new record (a refusal, a failure before the grant)
         fields = {
-            "uid": self.uid,
-            "created_at": self.now,
-            "user_id": self.key.user_id,
-            "api_key_id": self.key.id,
-            "key_prefix": self.key.prefix,
-            "endpoint": self.endpoint,
-            "model": self.model[:120],
+            **self._identity(),
             "response_model": recording.storable(response_model)[:120],
             "service_tier": recording.storable(tier)[:16],
             "status_code": status,

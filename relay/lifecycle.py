@@ -58,10 +58,6 @@ def spawn(coro: Coroutine[Any, Any, Any]) -> asyncio.Task:
     return task
 
 
-def draining() -> bool:
-    return _draining
-
-
 # -- liveness -----------------------------------------------------------------------------------
 
 
@@ -71,6 +67,10 @@ def _beat() -> None:
     relay_process_beat(
         token=TOKEN, hostname=socket.gethostname(), pid=os.getpid(), started_at=_STARTED_AT
     )
+
+
+def registered() -> bool:
+    return _registered
 
 
 async def ensure_registered() -> None:

@@ -29,7 +29,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
-from keys.selectors import KeyInfo, key_usage_report
+from keys.selectors import MICRO_USD, KeyInfo, key_usage_report
 from keys.services import Reservation
 from relay import errors, lifecycle, upstream
 from relay.admission import grant, refuse
@@ -55,7 +55,6 @@ _MODEL_PATH = re.compile(r"models/([A-Za-z0-9._:\-]+)")
 _RESPONSE_PATH = re.compile(r"responses/(resp_[A-Za-z0-9_\-]+)(/input_items)?")
 # Largest prompt tokenised on the event loop; bigger ones go to a thread.
 _INLINE_TOKENISE_BYTES = 32 * 1024
-MICRO_USD = Decimal("0.000001")
 # Seconds an unknown Responses id is looked for again before a 404 (another process's record).
 _OWNER_WRITE_GRACE = 0.3
 

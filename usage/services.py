@@ -286,15 +286,16 @@ def usage_record_release(*, record_id: int, error_code: str, status_code: int) -
         row.estimated = True
         row.save(update_fields=["state", "status_code", "error_code", "estimated"])
         _rollups_add([(row, 1)])
-        quota_settle(
-            moves=[
-                LedgerMove(
-                    row.key_ledger_id, row.user_ledger_id, row.reserved_usd, row.reserved_tokens,
-                    row.cost_usd or Decimal(0), _tokens(row),
-                )
-            ]
-        )  # fmt: skip
+        quota_settle(moves=[_end_at_estimate(row)])
     return True
+
+
+def _end_at_estimate(row: UsageRecord) -> LedgerMove:
+    """A pending row ended without its real usage: its estimate spent, the rest released."""
+    return LedgerMove(
+        row.key_ledger_id, row.user_ledger_id, row.reserved_usd, row.reserved_tokens,
+        row.cost_usd or Decimal(0), _tokens(row),
+    )  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -315,15 +316,10 @@ def _reap_rows(rows: list[UsageRecord], now: dt.datetime) -> tuple[Decimal, Deci
         row.estimated = True
         # Clamped: another host's clock can be behind, and a row can be weeks old.
         row.latency_ms = max(0, min(int((now - row.created_at).total_seconds() * 1000), 2**31 - 1))
-        estimate = row.cost_usd or Decimal(0)
-        moves.append(
-            LedgerMove(
-                row.key_ledger_id, row.user_ledger_id, row.reserved_usd, row.reserved_tokens,
-                estimate, _tokens(row),
-            )
-        )  # fmt: skip
-        released += row.reserved_usd - estimate
-        billed += estimate
+        move = _end_at_estimate(row)
+        moves.append(move)
+        released += move.release_usd - move.spend_usd
+        billed += move.spend_usd
     UsageRecord.objects.bulk_update(
         rows, ["state", "status_code", "error_code", "estimated", "latency_ms"]
     )

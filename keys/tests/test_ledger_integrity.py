@@ -20,20 +20,11 @@ from tests.factories import request_record
 from usage.models import RecordState, UsageDaily, UsageRecord
 from usage.services import usage_records_write
 
+pytestmark = pytest.mark.usefixtures("fresh_key_caches")
+
 NOW = dt.datetime(2031, 3, 4, 12, 0, tzinfo=dt.UTC)
 PICO = Decimal("0.000000000001")
 OLD_SCHEMA = [("keys", "0003_quota_reserve_function"), ("usage", "0002_load_shipped_prices")]
-
-
-@pytest.fixture(autouse=True)
-def fresh_caches():
-    # Both caches are per process and outlive a test's database: an id or a key from a
-    # flushed database must not leak into the next test.
-    services._ledger_ids.clear()
-    selectors._cache.clear()
-    yield
-    services._ledger_ids.clear()
-    selectors._cache.clear()
 
 
 def issue(username: str, **limits: object) -> tuple[KeyInfo, str]:

@@ -19,7 +19,6 @@ from django.db import connection
 from django.db.models import Sum
 from django.utils import timezone
 
-from keys import selectors, services
 from keys.models import ApiKey, QuotaLedger, RelayProcess, period_start
 from keys.selectors import KeyInfo, key_info_for_secret
 from keys.services import key_issue, quota_reserve, relay_process_beat
@@ -28,20 +27,13 @@ from tests.factories import request_record
 from usage.models import RecordState, UsageDaily, UsageRecord
 from usage.services import reservations_heal, usage_records_reap, usage_records_write
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [
+    pytest.mark.usefixtures("fresh_key_caches"),
+    pytest.mark.django_db(transaction=True),
+]
 
 HOLD = Decimal("0.05")  # what each request reserves: its worst case
 ESTIMATE = Decimal("0.002")  # what its prompt costs: billed if its process dies
-
-
-@pytest.fixture(autouse=True)
-def fresh_caches():
-    # Per-process caches outlive a test's database: no id or key may leak into the next test.
-    services._ledger_ids.clear()
-    selectors._cache.clear()
-    yield
-    services._ledger_ids.clear()
-    selectors._cache.clear()
 
 
 @pytest.fixture

@@ -1,17 +1,27 @@
-"""POST /v1/chat/completions and the legacy POST /v1/completions, plain and streamed."""
+"""POST /v1/chat/completions and the legacy POST /v1/completions, plain and streamed.
+
+What the fake assumes OpenAI bills for a chat prompt: its messages (`fakeopenai.counting`),
+with their images, audio and files (`fakeopenai.parts`), and its tool and schema definitions
+(`fakeopenai.tools`); for the reply see `fakeopenai.content` and, spoken, `fakeopenai.audio`.
+"""
 
 from __future__ import annotations
 
+import base64
+import itertools
+import math
 import time
 from typing import Any
 
 from aiohttp import web
 
+from fakeopenai.audio import spoken_audio
 from fakeopenai.catalog import answer_model
 from fakeopenai.content import Reply, make_reply
 from fakeopenai.counting import count_chat_prompt, count_input
 from fakeopenai.errors import OpenAIError
 from fakeopenai.knobs import Knobs
+from fakeopenai.parts import PartCounter
 from fakeopenai.protocol import (
     KNOBS,
     SYSTEM_FINGERPRINT,
@@ -26,16 +36,55 @@ from fakeopenai.protocol import (
     sse_data,
 )
 from fakeopenai.streaming import write_stream
+from fakeopenai.tools import definition_tokens
+
+# How long OpenAI keeps a spoken reply for a later turn to refer to.
+AUDIO_KEPT_SECONDS = 3600
 
 
 def _charge(
-    request: web.Request, counted_prompt: int, reply: Reply, knobs: Knobs
+    request: web.Request, counted_prompt: int, reply: Reply, knobs: Knobs, *, audio_input: int = 0
 ) -> dict[str, Any]:
     """Put the answer on the request's tab; the usage block it reports."""
     prompt = knobs.reported_prompt(counted_prompt)
     output = knobs.reported_output(reply.completion_tokens)
-    request[TAB].charge(prompt=prompt, output=output, progress=reply.tokens_of_first)
-    return completion_usage(prompt, output, reply, knobs)
+    audio_input = min(audio_input, prompt)
+    request[TAB].charge(
+        prompt=prompt,
+        output=output,
+        progress=reply.tokens_of_first,
+        audio_input=audio_input,
+        audio_output=min(reply.audio_tokens, output),
+        audio_progress=reply.audio_of_first,
+    )
+    return completion_usage(prompt, output, reply, knobs, audio_input=audio_input)
+
+
+def _limit(body: dict[str, Any]) -> object:
+    value = body.get("max_completion_tokens")
+    return body.get("max_tokens") if value is None else value
+
+
+def _spoken(body: dict[str, Any]) -> bool:
+    modalities = body.get("modalities")
+    if not (isinstance(modalities, list) and "audio" in modalities):
+        return False
+    if not isinstance(body.get("audio"), dict):
+        raise OpenAIError(
+            400,
+            "Missing required parameter: 'audio'.",
+            param="audio",
+            code="missing_required_parameter",
+        )
+    return True
+
+
+def _base64_pieces(data: str, count: int) -> list[str]:
+    """`data` in `count` consecutive pieces, each cut on a 4-character boundary so each
+    decodes on its own."""
+    quads = math.ceil(len(data) / 4)
+    bounds = [4 * (quads * i // count) for i in range(count + 1)]
+    return [data[a:b] for a, b in itertools.pairwise(bounds)]
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -49,33 +98,45 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             code="missing_required_parameter",
         )
     knobs = request[KNOBS]
-    limit = body.get("max_completion_tokens", body.get("max_tokens"))
-    reply = make_reply(model, knobs, limit)
-    usage = _charge(request, count_chat_prompt(body["messages"], model), reply, knobs)
+    spoken = _spoken(body)
+    parts = PartCounter(model, knobs)
+    counted = count_chat_prompt(body["messages"], model, parts) + definition_tokens(body, model)
+    reply = make_reply(model, knobs, _limit(body), spoken=spoken)
+    usage = _charge(
+        request, parts.with_audio_knob(counted), reply, knobs, audio_input=parts.audio_tokens
+    )
     finish_reason = "length" if reply.truncated else "stop"
+    created = int(time.time())
     base = {
         "id": ident("chatcmpl-", 30),
         "object": "chat.completion",
-        "created": int(time.time()),
+        "created": created,
         "model": answer_model(knobs, model),
         "service_tier": service_tier(knobs, body),
         "system_fingerprint": SYSTEM_FINGERPRINT,
     }
+    audio = None
+    if spoken:
+        audio = {
+            "id": ident("audio_", 32),
+            "data": base64.b64encode(spoken_audio(body["audio"].get("format"))).decode(),
+            "expires_at": created + AUDIO_KEPT_SECONDS,
+            "transcript": reply.text,
+        }
     if not body.get("stream"):
+        message: dict[str, Any] = {
+            "role": "assistant",
+            # A spoken reply's words are its audio's transcript.
+            "content": None if audio else reply.text,
+            "refusal": None,
+            "annotations": [],
+        }
+        if audio:
+            message["audio"] = audio
         result = {
             **base,
             "choices": [
-                {
-                    "index": 0,
-                    "message": {
-                        "role": "assistant",
-                        "content": reply.text,
-                        "refusal": None,
-                        "annotations": [],
-                    },
-                    "logprobs": None,
-                    "finish_reason": finish_reason,
-                }
+                {"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}
             ],
         }
         if not knobs.no_usage:
@@ -98,9 +159,22 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             }
         )
 
-    head = [chunk({"role": "assistant", "content": "", "refusal": None})]
-    content = [chunk({"content": piece}) for piece in reply.pieces]
-    tail = [chunk({}, finish_reason)]
+    head = [chunk({"role": "assistant", "content": None if audio else "", "refusal": None})]
+    tail = []
+    if audio:
+        # Each delta carries its words and their share of the audio; the last audio update
+        # only the expiry.
+        data = _base64_pieces(audio["data"], max(1, len(reply.pieces)))
+        content = [
+            chunk({"audio": {"id": audio["id"], "transcript": piece, "data": data[i]}})
+            for i, piece in enumerate(reply.pieces)
+        ]
+        if not content:
+            tail.append(chunk({"audio": {"id": audio["id"], "transcript": "", "data": data[0]}}))
+        tail.append(chunk({"audio": {"expires_at": audio["expires_at"]}}))
+    else:
+        content = [chunk({"content": piece}) for piece in reply.pieces]
+    tail.append(chunk({}, finish_reason))
     usage_at = None
     if with_usage and not knobs.no_usage:
         usage_at = len(tail)

@@ -5,6 +5,12 @@ equals the proxy's own estimate could never catch an accounting bug. The rules f
 OpenAI documents (the cookbook's chat recipe: 3 tokens per message, 1 more per `name`, 3 to
 prime the reply), so the numbers are close to the proxy's, not identical by construction.
 Only tiktoken's offline encodings are shared, installed by `relay.tokens.install_encodings`.
+
+What the fake assumes OpenAI bills for text: a chat prompt is 3 tokens a message, the tokens
+of each of its values (1 more for a `name`), and 3 to prime the reply; a completions prompt,
+an embeddings input and a Responses input are the tokens of their text, each Responses
+message item with the same 3 of overhead as a chat message. Parts that are not text are
+counted by `fakeopenai.parts`.
 """
 
 from __future__ import annotations
@@ -17,9 +23,9 @@ from pathlib import Path
 import orjson
 import tiktoken
 
+from fakeopenai.parts import PartCounter
+
 _O200K_FAMILIES = ("gpt-4o", "chatgpt-4o", "gpt-4.1", "gpt-4.5", "gpt-5", "o1", "o3", "o4")
-# OpenAI bills a low-detail image 85 tokens whatever its size; the proxy does not see images.
-_IMAGE_TOKENS = 85
 _TEXT_FIELDS = ("text", "refusal")
 _MESSAGE_FIELDS = ("role", "name", "content")
 
@@ -60,8 +66,8 @@ def count_text(text: str, model: str) -> int:
     return len(encoder(encoding_for(model)).encode(text, disallowed_special=()))
 
 
-def _content_tokens(content: object, model: str) -> int:
-    """A message's content: a string, or parts (text counted, an image at its flat rate)."""
+def _content_tokens(content: object, model: str, parts: PartCounter) -> int:
+    """A message's content: a string, or parts (text, images, audio, files)."""
     if isinstance(content, str):
         return count_text(content, model)
     if not isinstance(content, list):
@@ -71,8 +77,10 @@ def _content_tokens(content: object, model: str) -> int:
         if isinstance(part, str):
             total += count_text(part, model)
         elif isinstance(part, dict):
-            if part.get("type") in ("image_url", "input_image"):
-                total += _IMAGE_TOKENS
+            media = parts.tokens(part)
+            if media is not None:
+                total += media
+                continue
             for field in _TEXT_FIELDS:
                 if isinstance(part.get(field), str):
                     total += count_text(part[field], model)
@@ -94,13 +102,13 @@ def _tool_calls_tokens(calls: object, model: str) -> int:
     return total
 
 
-def _message_tokens(message: object, model: str) -> int:
+def _message_tokens(message: object, model: str, parts: PartCounter) -> int:
     total = 3  # <|start|>{role/name}\n{content}<|end|>\n
     if not isinstance(message, dict):
         return total
     for field, value in message.items():
         if field == "content":
-            total += _content_tokens(value, model)
+            total += _content_tokens(value, model, parts)
         elif field == "tool_calls":
             total += _tool_calls_tokens(value, model)
         elif isinstance(value, str):
@@ -110,14 +118,16 @@ def _message_tokens(message: object, model: str) -> int:
     return total
 
 
-def count_chat_prompt(messages: object, model: str) -> int:
+def count_chat_prompt(messages: object, model: str, parts: PartCounter | None = None) -> int:
     if not isinstance(messages, list):
         return 0
+    if parts is None:
+        parts = PartCounter(model)
     # Every reply is primed with <|start|>assistant<|message|>.
-    return 3 + sum(_message_tokens(message, model) for message in messages)
+    return 3 + sum(_message_tokens(message, model, parts) for message in messages)
 
 
-def count_input(value: object, model: str) -> int:
+def count_input(value: object, model: str, parts: PartCounter | None = None) -> int:
     """A completions `prompt`, an embeddings `input` or a Responses `input`."""
     if value is None:
         return 0
@@ -127,18 +137,21 @@ def count_input(value: object, model: str) -> int:
         return 0
     if value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
         return len(value)  # one prompt already in tokens
+    if parts is None:
+        parts = PartCounter(model)
     total = 0
     for item in value:
         if isinstance(item, dict) and "role" in item:
             # An output item sent back as input carries an id and a status: not prompt text.
-            total += _message_tokens({k: item[k] for k in _MESSAGE_FIELDS if k in item}, model)
+            message = {k: item[k] for k in _MESSAGE_FIELDS if k in item}
+            total += _message_tokens(message, model, parts)
         elif isinstance(item, dict):
             # A tool call or its output, or a bare content part.
-            total += _content_tokens([item], model) + sum(
+            total += _content_tokens([item], model, parts) + sum(
                 count_text(item[field], model)
                 for field in ("arguments", "output")
                 if isinstance(item.get(field), str)
             )
         else:
-            total += count_input(item, model)
+            total += count_input(item, model, parts)
     return total

@@ -6,8 +6,16 @@ The proxy relays bodies untouched, so a test steers "OpenAI" through the proxy:
   out; a client that leaves during it is billed `client_gone` for its prompt only),
   `chunk_delay_ms` (between stream frames), `stall_after` + `stall_ms` (stall a stream after
   that many content frames, for `stall_ms` or, without it, until the client leaves);
-- the answer: `completion_tokens`, `chunks`, `cached_tokens`, `reasoning_tokens`,
-  `service_tier`, `response_model`, `terminal` (Responses: completed / incomplete / failed);
+- the answer: `completion_tokens` (output tokens to write, capped by the request's max:
+  ask for at least the max to get a reply exactly that long), `chunks`, `cached_tokens`,
+  `reasoning_tokens`, `service_tier`, `response_model`, `terminal` (Responses: completed /
+  incomplete / failed);
+- what the fake cannot see for itself: `image_size` ("WxH", an image behind an https URL,
+  which the fake does not fetch), `audio_input_tokens` (instead of the count from the audio
+  sent), `audio_output_tokens` (the spoken part of an audio reply, still capped by the max);
+- built-in tools on Responses (`fakeopenai.tool_calls`): `tool_calls` (how many calls,
+  default 1), `tool_type` (which declared tool), `tool_content_tokens` (what one call brings
+  into the context);
 - usage that disagrees with the text: `usage_prompt_tokens`, `usage_completion_tokens` (what
   usage reports and the bill charges, whatever was counted or written), `no_usage`;
 - failures: `fail_status` (+ `fail_type`, `fail_code`, `fail_message`, `retry_after`,
@@ -19,10 +27,21 @@ A wrong type is a 400 in OpenAI's shape, so a typo in a test fails loudly.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from fakeopenai.errors import OpenAIError
+
+# The Responses tools OpenAI runs itself; a call to one is another turn of the model.
+BUILT_IN_TOOLS = (
+    "web_search",
+    "web_search_preview",
+    "file_search",
+    "code_interpreter",
+    "image_generation",
+)
+_IMAGE_SIZE = re.compile(r"([1-9][0-9]{0,5})x([1-9][0-9]{0,5})")
 
 _FLOATS = ("latency_ms", "chunk_delay_ms", "stall_ms")
 _INTS = (
@@ -35,7 +54,15 @@ _INTS = (
     "end_early_after",
 )
 # Newer knobs refuse negatives: a negative count or wait would make a bill that means nothing.
-_COUNTS = ("usage_prompt_tokens", "usage_completion_tokens", "stall_after")
+_COUNTS = (
+    "usage_prompt_tokens",
+    "usage_completion_tokens",
+    "stall_after",
+    "audio_input_tokens",
+    "audio_output_tokens",
+    "tool_calls",
+    "tool_content_tokens",
+)
 _STRINGS = (
     "service_tier",
     "response_model",
@@ -74,6 +101,12 @@ class Knobs:
     usage_prompt_tokens: int | None = None
     usage_completion_tokens: int | None = None
     terminal: str = "completed"
+    image_size: tuple[int, int] | None = None
+    audio_input_tokens: int | None = None
+    audio_output_tokens: int | None = None
+    tool_calls: int | None = None
+    tool_type: str | None = None
+    tool_content_tokens: int | None = None
 
     @classmethod
     def from_body(cls, body: object) -> Knobs:
@@ -113,6 +146,16 @@ class Knobs:
                 400, "fake.terminal must be completed, incomplete or failed.", param="fake.terminal"
             )
         values["terminal"] = terminal
+        if raw.get("image_size") is not None:
+            values["image_size"] = _image_size(raw["image_size"])
+        if raw.get("tool_type") is not None:
+            if raw["tool_type"] not in BUILT_IN_TOOLS:
+                raise OpenAIError(
+                    400,
+                    f"fake.tool_type must be one of {', '.join(BUILT_IN_TOOLS)}.",
+                    param="fake.tool_type",
+                )
+            values["tool_type"] = raw["tool_type"]
         return cls(**values)
 
     def reported_prompt(self, counted: int) -> int:
@@ -141,3 +184,12 @@ def _count(raw: dict[str, Any], name: str) -> int:
             400, f"fake.{name} must be a whole number, 0 or more.", param=f"fake.{name}"
         )
     return value
+
+
+def _image_size(value: object) -> tuple[int, int]:
+    match = _IMAGE_SIZE.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        raise OpenAIError(
+            400, 'fake.image_size must be "WIDTHxHEIGHT", e.g. "1024x768".', param="fake.image_size"
+        )
+    return int(match[1]), int(match[2])

@@ -65,19 +65,22 @@ def include_usage(body: dict[str, Any]) -> bool:
     return isinstance(options, dict) and options.get("include_usage") is True
 
 
-def completion_usage(prompt: int, output: int, reply: Reply, knobs: Knobs) -> dict[str, Any]:
-    """Chat and legacy completions usage; `prompt` and `output` as the knobs report them."""
+def completion_usage(
+    prompt: int, output: int, reply: Reply, knobs: Knobs, *, audio_input: int = 0
+) -> dict[str, Any]:
+    """Chat and legacy completions usage; `prompt` and `output` as the knobs report them, the
+    audio inside them."""
     return {
         "prompt_tokens": prompt,
         "completion_tokens": output,
         "total_tokens": prompt + output,
         "prompt_tokens_details": {
             "cached_tokens": min(max(0, knobs.cached_tokens), prompt),
-            "audio_tokens": 0,
+            "audio_tokens": audio_input,
         },
         "completion_tokens_details": {
             "reasoning_tokens": reply.reasoning_tokens,
-            "audio_tokens": 0,
+            "audio_tokens": min(reply.audio_tokens, output),
             "accepted_prediction_tokens": 0,
             "rejected_prediction_tokens": 0,
         },

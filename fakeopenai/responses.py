@@ -1,4 +1,13 @@
-"""The Responses API: POST /v1/responses (plain and streamed) and GET /v1/responses/{id}."""
+"""The Responses API: POST /v1/responses (plain and streamed) and GET /v1/responses/{id}.
+
+What the fake assumes OpenAI bills for a response's input: its `input` (`fakeopenai.counting`,
+with images, audio and files by `fakeopenai.parts`), its `instructions`, its function tools
+and `text.format` schema (`fakeopenai.tools`), and, continuing a stored response
+(`previous_response_id`), that response's billed input and output again: the whole chain is
+history the model reads. All of it is read again by each built-in tool call
+(`fakeopenai.tool_calls`). An unknown or unstored previous response is refused as OpenAI
+refuses it: 400, code previous_response_not_found.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +20,9 @@ from aiohttp import web
 
 from fakeopenai.catalog import answer_model
 from fakeopenai.content import make_reply
-from fakeopenai.counting import count_input
+from fakeopenai.counting import count_input, count_text
 from fakeopenai.errors import OpenAIError
+from fakeopenai.parts import PartCounter
 from fakeopenai.protocol import (
     KNOBS,
     TAB,
@@ -23,8 +33,14 @@ from fakeopenai.protocol import (
     service_tier,
     sse_event,
 )
-from fakeopenai.state import STATE
+from fakeopenai.state import STATE, FakeState
 from fakeopenai.streaming import write_stream
+from fakeopenai.tool_calls import added_item, call_items, plan_tool_calls, progress_events
+from fakeopenai.tools import definition_tokens
+
+# OpenAI answers an unknown previous_response_id with 400, not 404 (its error code says
+# not_found); the proxy answers 404 itself for a response another user made.
+PREVIOUS_NOT_FOUND_STATUS = 400
 
 
 def _response_object(
@@ -78,15 +94,44 @@ def _response_object(
     }
 
 
+def _history_tokens(body: dict[str, Any], state: FakeState) -> int:
+    """What continuing a stored response re-bills: the input and output it billed (its own
+    history included, so a chain is billed whole)."""
+    previous_id = body.get("previous_response_id")
+    if previous_id is None:
+        return 0
+    stored = state.responses.get(previous_id) if isinstance(previous_id, str) else None
+    if stored is None:
+        raise OpenAIError(
+            PREVIOUS_NOT_FOUND_STATUS,
+            f"Previous response with id '{previous_id}' not found.",
+            param="previous_response_id",
+            code="previous_response_not_found",
+        )
+    return stored.input_tokens + stored.output_tokens
+
+
 async def create_response(request: web.Request) -> web.StreamResponse:
     body = json_body(request)
     model = required_model(body)
     knobs = request[KNOBS]
     state = request.app[STATE]
+    history = _history_tokens(body, state)
+    plan = plan_tool_calls(body, knobs)
+    parts = PartCounter(model, knobs)
+    own = count_input(body.get("input"), model, parts) + definition_tokens(body, model)
+    if isinstance(body.get("instructions"), str):
+        own += count_text(body["instructions"], model)
     reply = make_reply(model, knobs, body.get("max_output_tokens"))
-    prompt = knobs.reported_prompt(count_input(body.get("input"), model))
+    prompt = knobs.reported_prompt(plan.input_tokens(history + parts.with_audio_knob(own)))
     output = knobs.reported_output(reply.completion_tokens)
-    request[TAB].charge(prompt=prompt, output=output, progress=reply.tokens_of_first)
+    request[TAB].charge(
+        prompt=prompt,
+        output=output,
+        progress=reply.tokens_of_first,
+        audio_input=min(parts.audio_tokens, prompt),
+        tool_calls=plan.billed(),
+    )
     if knobs.terminal != "completed":
         status = knobs.terminal
     else:
@@ -113,13 +158,13 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         "role": "assistant",
         "content": [text_part],
     }
-    # Reasoning models list a reasoning item before the message; its tokens are hidden.
-    reasoning_item = (
-        {"type": "reasoning", "id": ident("rs_", 48), "summary": []}
-        if reply.reasoning_tokens
-        else None
-    )
-    output_items = [reasoning_item, message] if reasoning_item else [message]
+    # Reasoning models list a reasoning item first; its tokens are hidden. Built-in tool
+    # calls come next, each a turn of the model before the one that wrote the message.
+    before: list[dict[str, Any]] = []
+    if reply.reasoning_tokens:
+        before.append({"type": "reasoning", "id": ident("rs_", 48), "summary": []})
+    before += call_items(plan, body)
+    output_items = [*before, message]
     final = functools.partial(
         _response_object,
         body,
@@ -132,7 +177,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     remember = body.get("store", True) is not False
     if not body.get("stream"):
         if remember:
-            state.remember(finished)
+            state.remember(finished, input_tokens=prompt, output_tokens=output)
         request[TAB].usage_reported = usage is not None
         return json_response(finished)
 
@@ -144,11 +189,16 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     in_progress = final(status="in_progress", output=[], usage=None)
     message_index = len(output_items) - 1
     head = [event("created", response=in_progress), event("in_progress", response=in_progress)]
-    if reasoning_item:
-        head += [
-            event("output_item.added", output_index=0, item=reasoning_item),
-            event("output_item.done", output_index=0, item=reasoning_item),
-        ]
+    for index, item in enumerate(before):
+        if item["type"] == "reasoning":
+            head.append(event("output_item.added", output_index=index, item=item))
+        else:
+            head.append(event("output_item.added", output_index=index, item=added_item(item)))
+            head += [
+                event(kind, output_index=index, item_id=item["id"], **fields)
+                for kind, fields in progress_events(item)
+            ]
+        head.append(event("output_item.done", output_index=index, item=item))
     where = {"item_id": message_id, "output_index": message_index}
     head += [
         event(
@@ -169,8 +219,9 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         event(status, response=finished),
     ]
     if remember:
-        # Stored as in progress until the terminal event is written, as OpenAI shows a stream.
-        state.remember(in_progress)
+        # Stored as in progress until the terminal event is written, as OpenAI shows a stream;
+        # continued before then, its history is its input alone.
+        state.remember(in_progress, input_tokens=prompt, output_tokens=0)
     return await write_stream(
         request,
         knobs,
@@ -179,7 +230,11 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         tail=tail,
         # The terminal event carries the usage.
         usage_at=len(tail) - 1 if usage is not None else None,
-        on_complete=(lambda: state.remember(finished)) if remember else None,
+        on_complete=(
+            (lambda: state.remember(finished, input_tokens=prompt, output_tokens=output))
+            if remember
+            else None
+        ),
     )
 
 
@@ -191,4 +246,4 @@ async def get_response(request: web.Request) -> web.Response:
             f"Response with id '{request.match_info['response_id']}' not found.",
             param="response_id",
         )
-    return json_response(stored)
+    return json_response(stored.response)

@@ -78,7 +78,9 @@ class FakeOpenAI:
 
     def bills(self) -> dict:
         """What "OpenAI" billed since the last reset: {"bills": [...], "totals": {...}}, one
-        bill per /v1 request keyed by the x-request-id it answered with (fakeopenai.state)."""
+        bill per /v1 request keyed by the x-request-id it answered with (fakeopenai.state).
+        A bill's prompt_tokens / completion_tokens include its audio_input_tokens /
+        audio_output_tokens; tool_calls counts built-in tool calls by tool type."""
         return self._call("/_fake/bills")
 
 

@@ -11,8 +11,6 @@ import aiohttp
 import openai
 import orjson
 import pytest
-import tiktoken
-from multidict import CIMultiDict
 from openai.types import CreateEmbeddingResponse, ModerationCreateResponse
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.responses import Response
@@ -21,76 +19,18 @@ from fakeopenai.app import DEFAULT_KEY
 from fakeopenai.content import make_reply
 from fakeopenai.counting import count_chat_prompt
 from fakeopenai.knobs import Knobs
-from fakeopenai.server import FakeOpenAIThread
+from fakeopenai.tests.calls import (
+    AUTH,
+    bills,
+    bills_where,
+    n_tokens,
+    openai_chat_count,
+    post,
+    stats,
+)
+from fakeopenai.tests.media import data_url, png
 
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hello"}]
-AUTH = {"Authorization": f"Bearer {DEFAULT_KEY}"}
-
-
-@pytest.fixture(scope="module")
-def fake():
-    with FakeOpenAIThread() as server:
-        yield server
-
-
-@pytest.fixture
-def client(fake):
-    fake.state.responses.clear()
-    return openai.OpenAI(api_key=DEFAULT_KEY, base_url=fake.base_url, max_retries=0)
-
-
-def stats(fake) -> dict:
-    async def fetch() -> dict:
-        async with (
-            aiohttp.ClientSession() as session,
-            session.get(f"{fake.origin}/_fake/stats") as r,
-        ):
-            return await r.json()
-
-    return asyncio.run(fetch())
-
-
-# Counted here with tiktoken itself, so a test fails if the fake's own counting drifts.
-def n_tokens(text: str, encoding: str = "o200k_base") -> int:
-    return len(tiktoken.get_encoding(encoding).encode(text))
-
-
-def openai_chat_count(messages: list[dict], encoding: str = "o200k_base") -> int:
-    """OpenAI's documented recipe: 3 per message, its values, 3 to prime the reply."""
-    return 3 + sum(3 + sum(n_tokens(v, encoding) for v in m.values()) for m in messages)
-
-
-def bills(fake) -> dict:
-    async def fetch() -> dict:
-        async with (
-            aiohttp.ClientSession() as session,
-            session.get(f"{fake.origin}/_fake/bills") as r,
-        ):
-            return await r.json()
-
-    return asyncio.run(fetch())
-
-
-def bills_where(fake, timeout: float = 2.0, **match) -> list[dict]:
-    """The bills matching `match`, waiting for one: a request a client left is billed when
-    its handler unwinds, a moment after the client saw its end."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found = [b for b in bills(fake)["bills"] if all(b[k] == v for k, v in match.items())]
-        if found or time.monotonic() > deadline:
-            return found
-        time.sleep(0.02)
-
-
-def post(fake, path: str, body: dict) -> tuple[int, CIMultiDict, bytes]:
-    async def run() -> tuple[int, CIMultiDict, bytes]:
-        async with (
-            aiohttp.ClientSession(headers=AUTH) as session,
-            session.post(f"{fake.base_url}{path}", json=body) as r,
-        ):
-            return r.status, r.headers.copy(), await r.read()
-
-    return asyncio.run(run())
 
 
 def stream_text(wire: bytes) -> str:
@@ -124,7 +64,10 @@ def test_prompt_counting_is_its_own_not_the_proxys(fake):
             "role": "user",
             "content": [
                 {"type": "text", "text": "What is this?"},
-                {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+                {
+                    "type": "image_url",
+                    "image_url": {"url": data_url("image/png", png(64, 64)), "detail": "low"},
+                },
             ],
         }
     ]
@@ -382,6 +325,13 @@ def test_usage_knobs_report_other_counts_than_the_text_and_bill_them(client, fak
         {"stall_ms": "long"},
         {"headers_delay_ms": True},
         {"headers_delay_ms": 10, "latency_ms": 10},
+        {"audio_input_tokens": -1},
+        {"audio_output_tokens": "many"},
+        {"tool_calls": 1.5},
+        {"tool_content_tokens": True},
+        {"tool_type": "browser"},
+        {"image_size": "2048"},
+        {"image_size": [512, 512]},
     ],
 )
 def test_bad_new_knobs_are_refused_in_openais_shape(fake, knobs):
@@ -390,6 +340,26 @@ def test_bad_new_knobs_are_refused_in_openais_shape(fake, knobs):
     )
     error = orjson.loads(body)["error"]
     assert status == 400 and error["param"].startswith("fake.")
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/chat/completions", {"messages": MESSAGES, "max_tokens": 777}),
+        ("/chat/completions", {"messages": MESSAGES, "max_completion_tokens": 777}),
+        ("/completions", {"prompt": "Say", "max_tokens": 777}),
+        ("/responses", {"input": "Say", "max_output_tokens": 777}),
+    ],
+)
+def test_completion_tokens_of_at_least_the_max_fill_it_exactly(fake, path, body):
+    for wanted, reasoning in ((777, 0), (10**5, 0), (10**5, 100)):
+        knobs = {"completion_tokens": wanted, "reasoning_tokens": reasoning}
+        status, headers, answer = post(fake, path, {"model": "gpt-4o-mini", **body, "fake": knobs})
+        usage = orjson.loads(answer)["usage"]
+        assert status == 200
+        assert usage.get("completion_tokens", usage.get("output_tokens")) == 777
+        [bill] = bills_where(fake, request_id=headers["x-request-id"])
+        assert bill["completion_tokens"] == 777
 
 
 def test_headers_delay_holds_the_headers_back(fake):
@@ -444,6 +414,9 @@ def test_plain_answer_is_billed_under_its_request_id(client, fake):
         "completion_tokens": 12,
         "outcome": "completed",
         "usage_reported": True,
+        "audio_input_tokens": 0,
+        "audio_output_tokens": 0,
+        "tool_calls": {},
     }
 
 
@@ -599,6 +572,9 @@ def test_bills_total_every_request_once_and_reset_forgets_them(client, fake):
         "requests": 4,
         "prompt_tokens": sum(b["prompt_tokens"] for b in seen["bills"]),
         "completion_tokens": 24,
+        "audio_input_tokens": 0,
+        "audio_output_tokens": 0,
+        "tool_calls": {},
     }
     assert seen["totals"]["prompt_tokens"] == (
         openai_chat_count(MESSAGES)
@@ -609,5 +585,12 @@ def test_bills_total_every_request_once_and_reset_forgets_them(client, fake):
     asyncio.run(reset())
     assert bills(fake) == {
         "bills": [],
-        "totals": {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0},
+        "totals": {
+            "requests": 0,
+            "prompt_tokens": 0,
+            "completion_tokens": 0,
+            "audio_input_tokens": 0,
+            "audio_output_tokens": 0,
+            "tool_calls": {},
+        },
     }

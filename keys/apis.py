@@ -29,6 +29,7 @@ from rest_framework.views import APIView
 from keys.authentication import ApiAuthMixin, IsStaffLogin, staff_login
 from keys.filters import ApiKeyFilter
 from keys.models import ApiKey, Period, UserLimit
+from keys.money import usd
 from keys.services import LIMIT_FIELDS, key_issue, key_revoke, key_update_limits, user_limit_set
 
 if TYPE_CHECKING:
@@ -41,14 +42,14 @@ BIGINT_MAX = 2**63 - 1
 
 
 class MoneyField(serializers.DecimalField):
-    """USD as a decimal string without trailing zeros: "5", "0.25"."""
+    """USD in: any amount the ledger keeps (twelve places). USD out: a decimal string of two to
+    six places, as keys.money shows money everywhere: "5.00", "0.25", "0.000123"."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(max_digits=22, decimal_places=12, min_value=Decimal(0), **kwargs)
 
     def to_representation(self, value: Decimal) -> str:
-        # format(…, "f") keeps 100 as "100" where str(normalize()) would say "1E+2".
-        return format(Decimal(value).normalize(), "f")
+        return usd(value)
 
 
 @extend_schema_field(

@@ -20,6 +20,10 @@ from keys.models import (
     model_matches,
     period_start,
 )
+from keys.money import (
+    MICRO_USD,  # noqa: F401 (relay.views rounds its budget header with it)
+    usd_json,
+)
 
 
 class LedgerCounters(Protocol):
@@ -82,9 +86,7 @@ class LimitSnapshot:
 
     def as_dict(self) -> dict[str, object]:
         return {
-            "budget_usd": None
-            if self.budget_usd is None
-            else format(self.budget_usd.normalize(), "f"),
+            "budget_usd": usd_json(self.budget_usd),
             "period": self.period,
             "token_limit": self.token_limit,
             "request_limit": self.request_limit,
@@ -177,9 +179,6 @@ def key_info_cached(secret: str) -> tuple[bool, KeyInfo | None]:
     return False, None
 
 
-MICRO_USD = Decimal("0.000001")
-
-
 def _ledger_report(
     limits: LimitSnapshot, state: QuotaLedger | None, period: str, start: dt.datetime
 ) -> dict[str, object]:
@@ -191,11 +190,11 @@ def _ledger_report(
         "period": period,
         "period_start": start.isoformat(),
         "period_end": end.isoformat() if end else None,
-        "spent_usd": str((state.spent_usd if state else Decimal(0)).quantize(MICRO_USD)),
-        "reserved_usd": str((state.reserved_usd if state else Decimal(0)).quantize(MICRO_USD)),
+        "spent_usd": usd_json(state.spent_usd if state else Decimal(0)),
+        "reserved_usd": usd_json(state.reserved_usd if state else Decimal(0)),
         "tokens": state.tokens if state else 0,
         "requests": state.requests if state else 0,
-        "remaining_usd": None if left.usd is None else str(left.usd.quantize(MICRO_USD)),
+        "remaining_usd": usd_json(left.usd),
         "remaining_tokens": left.tokens,
         "remaining_requests": left.requests,
     }

@@ -28,6 +28,7 @@ from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
+from keys.apis import MoneyField
 from keys.authentication import ApiAuthMixin, staff_login
 from keys.models import ApiKey
 from usage.exports import CsvRenderer, csv_streaming_response
@@ -92,6 +93,11 @@ class UsageRecordPagination(PageNumberPagination):
 class UsageRecordOutputSerializer(serializers.ModelSerializer):
     username = serializers.CharField(source="user.username", read_only=True)
     key_id = serializers.IntegerField(source="api_key_id", read_only=True, allow_null=True)
+    cost_usd = MoneyField(
+        read_only=True,
+        allow_null=True,
+        help_text="USD, a decimal string of two to six places; null when the model has no price.",
+    )
 
     class Meta:
         model = UsageRecord
@@ -243,9 +249,8 @@ _SUMS = {
     "cached_tokens": serializers.IntegerField(),
     "completion_tokens": serializers.IntegerField(),
     "reasoning_tokens": serializers.IntegerField(),
-    "cost_usd": serializers.DecimalField(
-        max_digits=None, decimal_places=12, help_text="USD, a decimal string."
-    ),
+    # Summed on the exact amounts, rounded once here.
+    "cost_usd": MoneyField(help_text="USD, a decimal string of two to six places."),
     "errors": serializers.IntegerField(help_text="Requests answered with a status >= 400."),
     "unpriced_requests": serializers.IntegerField(
         help_text="Successful requests of a model with no price (not in cost_usd)."

@@ -62,7 +62,7 @@ def test_staff_issue_a_key_that_works_until_revoked(staff_api):
     assert secret.startswith("sk-proxy-") and len(secret) >= len("sk-proxy-") + 32
     assert secret.startswith(body["prefix"])
     assert body["username"] == "carol" and body["name"] == "carol's notebook"
-    assert body["budget_usd"] == "5" and body["period"] == "month"
+    assert body["budget_usd"] == "5.00" and body["period"] == "month"
     assert body["models"] == ["gpt-4o*"] and body["rpm"] == 60 and body["status"] == "active"
     # Only the hash is stored, and no response carries it.
     stored = ApiKey.objects.get(pk=body["id"])
@@ -177,7 +177,7 @@ def test_staff_change_limits_and_null_removes_one(staff_api, bob_key):
         {"budget_usd": "2.50", "rpm": 10, "models": "gpt-4o", "name": "bob ci 2"},
         format="json",
     ).json()
-    assert body["budget_usd"] == "2.5" and body["rpm"] == 10 and body["name"] == "bob ci 2"
+    assert body["budget_usd"] == "2.50" and body["rpm"] == 10 and body["name"] == "bob ci 2"
     assert body["models"] == ["gpt-4o"] and body["period"] == "total"  # untouched
     body = staff_api.patch(url, {"budget_usd": None}, format="json").json()
     assert body["budget_usd"] is None and body["rpm"] == 10
@@ -228,7 +228,7 @@ def test_staff_read_and_set_a_users_limits(staff_api, alice_key):
         {"budget_usd": "20", "period": "week", "models": ["gpt-4o-mini"], "tpm": 1000},
         format="json",
     ).json()
-    assert body["budget_usd"] == "20" and body["period"] == "week" and body["tpm"] == 1000
+    assert body["budget_usd"] == "20.00" and body["period"] == "week" and body["tpm"] == 1000
     limit = UserLimit.objects.get(user__username="alice")
     assert limit.budget_usd == Decimal("20") and limit.allowed_models == "gpt-4o-mini"
     assert staff_api.get(url).json() == body

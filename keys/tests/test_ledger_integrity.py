@@ -321,7 +321,7 @@ def test_a_ledger_settled_past_what_sqlite_holds_is_refused_not_corrupted():
     key_ledger.refresh_from_db()
     assert key_ledger.spent_usd == expected
     report = selectors.key_usage_report(key=key_info_for_secret(secret), now=NOW)
-    assert report["usage"]["key"]["spent_usd"] == f"{expected}.000000"
+    assert report["usage"]["key"]["spent_usd"] == f"{expected}.00"
 
 
 # --- Data the earlier schema wrote ------------------------------------------------------------

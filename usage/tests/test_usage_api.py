@@ -131,7 +131,7 @@ def test_a_record_carries_the_documented_fields(usage, alice_key):
     assert first["key_prefix"] == alice_key[0].prefix
     assert first["endpoint"] == "chat/completions"
     assert first["response_model"] == "gpt-4o-2024-08-06"
-    assert first["cost_usd"] == "0.001500000000"  # a decimal string, never a float
+    assert first["cost_usd"] == "0.0015"  # a decimal string, never a float
     for field in (
         "created_at",
         "status_code",
@@ -260,7 +260,7 @@ def test_csv_exports_every_record_even_with_equal_timestamps(
 def test_csv_keeps_the_filters_and_the_visibility(usage, alice_key):
     rows = csv_rows(bearer(alice_key[1]).get(URL, {"format": "csv", "endpoint": "embeddings"}))
     assert [int(r["id"]) for r in rows] == [usage["alice"][1].pk]
-    assert rows[0]["cost_usd"] == "0.000250000000"
+    assert rows[0]["cost_usd"] == "0.00025"
     assert csv_rows(bearer(alice_key[1]).get(URL, {"format": "csv", "user": "bob"})) == []
 
 
@@ -480,3 +480,27 @@ def test_schema_generates_without_warnings(db, tmp_path):
 
     call_command("spectacular", "--validate", "--fail-on-warn", "--file", str(tmp_path / "s.yaml"))
     assert "openapi: 3." in (tmp_path / "s.yaml").read_text()
+
+
+# --- money ---------------------------------------------------------------------------------
+
+
+def test_costs_are_decimal_strings_of_two_to_six_places_and_sums_round_once(
+    alice_key, make_record, at
+):
+    tiny = make_record(alice_key[0], created_at=at(0, 1), cost="0.000000000001")
+    tie = make_record(alice_key[0], created_at=at(0, 2), cost="0.0000125")
+    client = bearer(alice_key[1])
+
+    listed = {r["id"]: r["cost_usd"] for r in client.get(URL).json()["results"]}
+    assert listed == {tiny.pk: "0.00", tie.pk: "0.000012"}  # never "0E-12"
+    assert client.get(f"{URL}{tiny.pk}/").json()["cost_usd"] == "0.00"
+    exported = csv_rows(client.get(URL, {"format": "csv"}))
+    assert {int(r["id"]): r["cost_usd"] for r in exported} == listed
+
+    summary = client.get(SUMMARY, {"group_by": "day"}).json()
+    # The exact sum, 0.000012500001, is past the tie: 0.000013, not 0.00 + 0.000012.
+    assert [row["cost_usd"] for row in summary["results"]] == ["0.000013"]
+    assert summary["totals"]["cost_usd"] == "0.000013"
+    nobody = client.get(SUMMARY, {"user": "nobody"}).json()
+    assert nobody["totals"]["cost_usd"] == "0.00"

@@ -6,6 +6,7 @@ one with `key_issue` and shows the secret once, in the message after saving.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -18,25 +19,48 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from keys.models import ApiKey, QuotaLedger, UserLimit
+from keys.money import usd
 from keys.services import LIMIT_FIELDS, key_issue, key_revoke, key_update_limits, user_limit_set
 
 if TYPE_CHECKING:
-    from django.db.models import QuerySet
+    from django.db.models import Model, QuerySet
     from django.forms import ModelForm
     from django.http import HttpRequest
 
-LIMITS_FIELDSET = (
-    "Limits",
-    {
-        "fields": (
-            ("budget_usd", "period"),
-            ("token_limit", "request_limit"),
-            ("rpm", "tpm", "max_concurrent"),
-            "allowed_models",
-        ),
-        "description": "Empty means no limit of that kind. The user's own limits apply too.",
-    },
-)
+
+def money_column(field: str, description: str) -> Callable[[admin.ModelAdmin, Model], str]:
+    """An admin column showing the money field `field` as keys.money.usd writes it, for
+    list_display and read-only pages: left to itself, Django prints every stored place
+    ("0.000000000001", "5.000000000000")."""
+
+    @admin.display(description=description, ordering=field)
+    def column(model_admin: admin.ModelAdmin, obj: Model) -> str:
+        return usd(getattr(obj, field))
+
+    return column
+
+
+def limits_fieldset(*, editable: bool) -> tuple[str, dict[str, Any]]:
+    """The limits, with the budget as its input or, where it is only shown (a staff member
+    allowed to view but not to change), as its `budget` column."""
+    return (
+        "Limits",
+        {
+            "fields": (
+                ("budget_usd" if editable else "budget", "period"),
+                ("token_limit", "request_limit"),
+                ("rpm", "tpm", "max_concurrent"),
+                "allowed_models",
+            ),
+            "description": "Empty means no limit of that kind. The user's own limits apply too.",
+        },
+    )
+
+
+def read_only_fields(model: type[Model], money: dict[str, str]) -> list[str]:
+    """Every field of `model` for a page nobody may change, each money field named in `money`
+    replaced by the column that shows it."""
+    return [money.get(field.name, field.name) for field in model._meta.fields]
 
 
 class LimitsForm(forms.ModelForm):
@@ -77,7 +101,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
         "name",
         "user",
         "status",
-        "budget_usd",
+        "budget",
         "period",
         "created_at",
         "expires_at",
@@ -88,11 +112,13 @@ class ApiKeyAdmin(admin.ModelAdmin):
     autocomplete_fields = ("user",)
     date_hierarchy = "created_at"
     actions = ("revoke_keys",)
+    budget = money_column("budget_usd", "budget (USD)")
 
     def get_fieldsets(self, request: HttpRequest, obj: ApiKey | None = None) -> list:
         key = (None, {"fields": ("user", "name", "expires_at", "log_bodies")})
         if obj is None:
-            return [key, LIMITS_FIELDSET]
+            return [key, limits_fieldset(editable=True)]
+        limits = limits_fieldset(editable=self.has_change_permission(request, obj))
         return [
             (
                 None,
@@ -109,14 +135,14 @@ class ApiKeyAdmin(admin.ModelAdmin):
                     )
                 },
             ),
-            LIMITS_FIELDSET,
+            limits,
         ]
 
     def get_readonly_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> tuple:
         if obj is None:
             return ()
         # A key stays with the user it was issued to: its usage and ledger are theirs.
-        return ("prefix", "status", "user", "created_at", "revoked_at")
+        return ("prefix", "status", "user", "created_at", "revoked_at", "budget")
 
     @admin.display(description="status")
     def status(self, obj: ApiKey) -> str:
@@ -167,19 +193,24 @@ class UserLimitInline(admin.StackedInline):
     can_delete = True
     max_num = 1
     extra = 0
-    fieldsets = (LIMITS_FIELDSET,)
+    readonly_fields = ("budget",)
     verbose_name_plural = "limits (on top of each key's own)"
+    budget = money_column("budget_usd", "budget (USD)")
+
+    def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> list:
+        return [limits_fieldset(editable=self.has_change_permission(request, obj))]
 
 
 class ApiKeyInline(admin.TabularInline):
     """The user's keys at a glance; each is edited on its own page."""
 
     model = ApiKey
-    fields = ("prefix", "name", "status", "budget_usd", "period", "created_at", "expires_at")
+    fields = ("prefix", "name", "status", "budget", "period", "created_at", "expires_at")
     readonly_fields = fields
     extra = 0
     show_change_link = True
     can_delete = False
+    budget = money_column("budget_usd", "budget (USD)")
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
@@ -204,7 +235,7 @@ class UserLimitAdmin(admin.ModelAdmin):
     form = LimitsForm
     list_display = (
         "user",
-        "budget_usd",
+        "budget",
         "period",
         "token_limit",
         "request_limit",
@@ -216,10 +247,14 @@ class UserLimitAdmin(admin.ModelAdmin):
     search_fields = ("user__username",)
     list_select_related = ("user",)
     autocomplete_fields = ("user",)
-    fieldsets = ((None, {"fields": ("user",)}), LIMITS_FIELDSET)
+    budget = money_column("budget_usd", "budget (USD)")
+
+    def get_fieldsets(self, request: HttpRequest, obj: UserLimit | None = None) -> list:
+        editable = obj is None or self.has_change_permission(request, obj)
+        return [(None, {"fields": ("user",)}), limits_fieldset(editable=editable)]
 
     def get_readonly_fields(self, request: HttpRequest, obj: UserLimit | None = None) -> tuple:
-        return () if obj is None else ("user",)
+        return () if obj is None else ("user", "budget")
 
     def save_model(
         self, request: HttpRequest, obj: UserLimit, form: ModelForm, change: bool
@@ -238,8 +273,8 @@ class QuotaLedgerAdmin(admin.ModelAdmin):
         "owner",
         "period",
         "period_start",
-        "spent_usd",
-        "reserved_usd",
+        "spent",
+        "reserved",
         "tokens",
         "reserved_tokens",
         "requests",
@@ -248,6 +283,14 @@ class QuotaLedgerAdmin(admin.ModelAdmin):
     search_fields = ("api_key__prefix", "api_key__user__username", "user__username")
     list_select_related = ("api_key", "api_key__user", "user")
     date_hierarchy = "period_start"
+    spent = money_column("spent_usd", "spent (USD)")
+    reserved = money_column("reserved_usd", "reserved (USD)")
+
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return self.get_readonly_fields(request, obj)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return read_only_fields(QuotaLedger, {"spent_usd": "spent", "reserved_usd": "reserved"})
 
     @admin.display(description="key or user")
     def owner(self, obj: QuotaLedger) -> str:

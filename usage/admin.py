@@ -16,6 +16,7 @@ from django.core.paginator import Paginator
 from django.urls import path
 from django.utils.functional import cached_property
 
+from keys.admin import money_column, read_only_fields
 from usage.apis import UsageRecordOutputSerializer
 from usage.exports import csv_streaming_response
 from usage.models import ROLLUP_SUMS, ModelPrice, UsageDaily, UsageRecord
@@ -230,7 +231,7 @@ class UsageRecordAdmin(admin.ModelAdmin):
         "stream",
         "prompt_tokens",
         "completion_tokens",
-        "cost_usd",
+        "cost",
         "latency_ms",
         "estimated",
     )
@@ -250,6 +251,8 @@ class UsageRecordAdmin(admin.ModelAdmin):
     paginator = UsageRecordPaginator
     list_per_page = 100
     actions = ("export_csv",)
+    cost = money_column("cost_usd", "cost (USD)")
+    reserved = money_column("reserved_usd", "reserved (USD)")
 
     def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
         return RollupDateChangeList
@@ -258,8 +261,11 @@ class UsageRecordAdmin(admin.ModelAdmin):
         # Bodies are read only on a record's own page, by one extra query there.
         return super().get_queryset(request).defer("request_body", "response_body")
 
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return self.get_readonly_fields(request, obj)
+
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
-        return [f.name for f in UsageRecord._meta.fields]
+        return read_only_fields(UsageRecord, {"cost_usd": "cost", "reserved_usd": "reserved"})
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -294,11 +300,24 @@ class UsageRecordAdmin(admin.ModelAdmin):
 
 @admin.register(UsageDaily)
 class UsageDailyAdmin(admin.ModelAdmin):
-    list_display = ("day", "user", "api_key", "model", *ROLLUP_SUMS)
+    list_display = (
+        "day",
+        "user",
+        "api_key",
+        "model",
+        *("cost" if name == "cost_usd" else name for name in ROLLUP_SUMS),
+    )
     list_filter = ("day",)
     search_fields = ("model", "=user__username", "^api_key__prefix")
     date_hierarchy = "day"
     list_select_related = ("user", "api_key")
+    cost = money_column("cost_usd", "cost (USD)")
+
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return self.get_readonly_fields(request, obj)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return read_only_fields(UsageDaily, {"cost_usd": "cost"})
 
     def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
         return RollupDateChangeList

@@ -292,3 +292,84 @@ def test_prices_are_searchable_and_editable(admin_client):
     assert response.status_code == 302, response.context["adminform"].form.errors
     price.refresh_from_db()
     assert price.input_per_1m == Decimal("2.5")
+
+
+# --- money as the admin shows it -----------------------------------------------------------
+
+
+def cells(response, column: str) -> list[str]:
+    """The texts of a changelist column (`list_display` name), a read-only page's field or a
+    tabular inline's read-only column."""
+    html = response.content.decode()
+    assert response.status_code == 200
+    listed = re.findall(rf'<td class="field-{column}">([^<]*)</td>', html)
+    inline = re.findall(rf'<td class="field-{column}">\s*<p>([^<]*)</p>', html)
+    shown = re.findall(rf'field-{column}">.*?<div class="readonly">([^<]*)</div>', html, re.S)
+    return listed or inline or shown
+
+
+@pytest.fixture
+def odd_costs(alice_key, make_record, at):
+    """A picodollar and $0.0000125 (a tie at the sixth place): $0.000012500001 together."""
+    alice = alice_key[0]
+    return [
+        make_record(alice, created_at=at(0, 1), cost="0.000000000001"),
+        make_record(alice, created_at=at(0, 2), cost="0.0000125"),
+    ]
+
+
+def test_records_show_their_cost_with_two_to_six_decimals(admin_client, odd_costs):
+    listed = admin_client.get(RECORDS)
+    assert sorted(cells(listed, "cost")) == ["0.00", "0.000012"]
+    assert "E-12" not in listed.content.decode() and "0.000000000001" not in listed.content.decode()
+
+    tiny = admin_client.get(f"{RECORDS}{odd_costs[0].pk}/change/")
+    assert cells(tiny, "cost") == ["0.00"] and cells(tiny, "reserved") == ["0.00"]
+    assert "0.000000000" not in tiny.content.decode()
+
+
+def test_the_daily_rollup_rounds_its_exact_sum_once(admin_client, odd_costs):
+    # Each record alone shows 0.00 and 0.000012; their exact sum is past the tie, so 0.000013.
+    listed = admin_client.get("/admin/usage/usagedaily/")
+    assert cells(listed, "cost") == ["0.000013"]
+    row = listed.context["cl"].result_list[0]
+    assert row.cost_usd == Decimal("0.000012500001")  # stored exact
+    assert cells(admin_client.get(f"/admin/usage/usagedaily/{row.pk}/change/"), "cost") == [
+        "0.000013"
+    ]
+
+
+def test_the_admin_csv_shows_costs_as_the_list_does(admin_client, odd_costs):
+    rows = csv_rows(admin_client.get(f"{RECORDS}export/"))
+    assert sorted(r["cost_usd"] for r in rows) == ["0.00", "0.000012"]
+
+
+def test_budgets_and_ledgers_show_dollars_and_cents(admin_client, alice_key, bob_key):
+    assert cells(admin_client.get("/admin/keys/apikey/"), "budget") == ["1.00", "—"]
+    UserLimit.objects.create(user=alice_key[0].user, budget_usd=Decimal(5))
+    assert cells(admin_client.get("/admin/keys/userlimit/"), "budget") == ["5.00"]
+    bob = bob_key[0].user
+    assert cells(admin_client.get(f"/admin/auth/user/{bob.pk}/change/"), "budget") == ["1.00"]
+
+    ledger = QuotaLedger.objects.create(
+        api_key=bob_key[0],
+        period="total",
+        period_start="1970-01-01T00:00:00Z",
+        spent_usd=Decimal("0.0000125"),
+        reserved_usd=Decimal("0.000000000001"),
+    )
+    listed = admin_client.get("/admin/keys/quotaledger/")
+    assert (cells(listed, "spent"), cells(listed, "reserved")) == (["0.000012"], ["0.00"])
+    page = admin_client.get(f"/admin/keys/quotaledger/{ledger.pk}/change/")
+    assert (cells(page, "spent"), cells(page, "reserved")) == (["0.000012"], ["0.00"])
+
+
+def test_a_key_page_for_staff_who_may_only_view_shows_the_budget_in_cents(
+    client, bob_key, django_user_model
+):
+    viewer = django_user_model.objects.create_user("auditor", password="pw", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_apikey"))
+    client.login(username="auditor", password="pw")
+    page = client.get(f"/admin/keys/apikey/{bob_key[0].pk}/change/")
+    assert cells(page, "budget") == ["1.00"]
+    assert "1.000000000000" not in page.content.decode()

@@ -10,36 +10,30 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 
 from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 
+from keys.money import CENT, MICRO_USD, usd
 from usage.selectors import UsageTotals
 
 # Colour-blind-friendly (Tableau 10); grey is kept for "other models".
 PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1")
 OTHER_COLOUR = "#bab0ac"
 UNPRICED_COLOUR = "#8e24aa"
-CENT = Decimal("0.01")
 # The width of a card on a desktop screen, so that 12px text is drawn at 12px there.
 CHART_WIDTH = 1100
 
 
 def format_usd(value: Decimal | None) -> str:
-    """Dollars for people: cents with thousands separators, but an amount under a cent keeps
-    two significant digits, so a month of cheap embeddings does not read as $0.00."""
+    """Dollars for people, as keys.money.usd writes them (two to six places, so a month of
+    cheap embeddings does not read as $0.00) with a dollar sign and thousands separators:
+    "$1,234.50", "-$0.25", "$0.000123"; an em dash for None."""
     if value is None:
         return "—"
-    value = Decimal(value)
-    if value == 0:
-        return "$0.00"
-    sign = "-" if value < 0 else ""
-    value = abs(value)
-    if value < CENT:
-        places = Decimal(1).scaleb(value.adjusted() - 1)
-        return f"{sign}${value.quantize(places, ROUND_HALF_UP).normalize():f}"
-    return f"{sign}${value.quantize(CENT, ROUND_HALF_UP):,}"
+    text = usd(value, thousands=True)
+    return f"-${text[1:]}" if text.startswith("-") else f"${text}"
 
 
 def format_spend(totals: UsageTotals) -> str:
@@ -59,14 +53,17 @@ def _colours(priced: list[str]) -> dict[str, str]:
 
 
 def _nice_step(maximum: Decimal, ticks: int = 4) -> Decimal:
-    """A step of 1, 2, 2.5 or 5 times a power of ten such that `ticks` steps cover `maximum`."""
+    """A step of 1, 2, 2.5 or 5 times a power of ten such that `ticks` steps cover `maximum`.
+    Never finer than the micro-dollar that labels show, and 2.5 only where its label is exact:
+    $0.0000025 would be labelled $0.000002."""
     if maximum <= 0:
         return CENT
-    raw = maximum / ticks
+    raw = max(maximum / ticks, MICRO_USD)
     base = Decimal(1).scaleb(raw.adjusted())
     for multiple in (Decimal(1), Decimal(2), Decimal("2.5"), Decimal(5)):
-        if base * multiple >= raw:
-            return base * multiple
+        step = base * multiple
+        if step >= raw and step == step.quantize(MICRO_USD):
+            return step
     return base * 10
 
 

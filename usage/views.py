@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import json
-from decimal import Decimal
 from typing import Any
 from urllib.parse import urlencode
 
@@ -23,6 +22,7 @@ from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
 from django.utils import timezone
 
+from keys.money import usd
 from usage.charts import daily_spend_chart, spend_bar_chart
 from usage.models import ROLLUP_SUMS
 from usage.selectors import (
@@ -39,7 +39,6 @@ DEFAULT_RANGE_DAYS = 30
 MAX_RANGE_DAYS = 366
 RECENT_RECORDS = 50
 TOP_SPENDERS = 10
-MICRO_USD = Decimal("0.000001")
 CSV_GROUPS = ("model", "day", "user")
 
 
@@ -163,7 +162,8 @@ def user_dashboard_csv(request: HttpRequest, username: str) -> HttpResponse:
 
 def _render_csv(request: HttpRequest, subject: AbstractBaseUser | None) -> HttpResponse:
     """The rows of one dashboard table (`group_by` model, day or, for everyone, user) for the
-    same range the page shows, with cost as an exact decimal: empty when only unpriced."""
+    same range the page shows, with cost as keys.money.usd writes it: empty when only
+    unpriced."""
     group_by = request.GET.get("group_by", "model")
     if group_by not in CSV_GROUPS or (group_by == "user" and subject is not None):
         raise Http404("Unknown grouping.")
@@ -187,10 +187,8 @@ def _render_csv(request: HttpRequest, subject: AbstractBaseUser | None) -> HttpR
     for row in rows:
         values = {column: getattr(row, column) for column in ROLLUP_SUMS}
         # Blank, not 0, when nothing was priced: the page says "unpriced" there too.
-        # Micro-dollars: SQLite adds the rollup's NUMERIC costs up as floats, so digits past
-        # the sixth are noise there.
         unpriced_only = row.unpriced_requests and not row.cost_usd
-        values["cost_usd"] = "" if unpriced_only else f"{row.cost_usd.quantize(MICRO_USD):f}"
+        values["cost_usd"] = "" if unpriced_only else usd(row.cost_usd)
         writer.writerow([row.label, *values.values()])
     return response
 

@@ -34,9 +34,3 @@ def compact(value: int) -> str:
         if abs(value) >= size:
             return f"{value / size:.1f}".rstrip("0").rstrip(".") + suffix
     return str(value)
-
-
-@register.filter
-def exact(value: Decimal) -> str:
-    """Every stored digit and no trailing zeros, never in exponent notation."""
-    return format(value.normalize(), "f")

@@ -140,7 +140,7 @@ def test_user_sees_own_spend_and_not_another_users(client, usage_data):
     client.force_login(usage_data["alice_chat"].user)
     page = client.get("/dashboard/").content.decode()
 
-    assert 'id="total-spend">$1.25<' in page  # 0.50 + 0.75 + 0.0002; the $10 is out of range
+    assert 'id="total-spend">$1.2502<' in page  # 0.50 + 0.75 + 0.0002; the $10 is out of range
     assert "gpt-4o" in page and "text-embedding-3-small" in page
     assert "$0.0002" in page  # a fraction of a cent is not rounded away to $0.00
     assert "o3-mini" not in page
@@ -150,9 +150,9 @@ def test_user_sees_own_spend_and_not_another_users(client, usage_data):
 
 def test_a_new_request_shows_at_once_beside_cached_days(client, usage_data, alice_key):
     client.force_login(usage_data["alice_chat"].user)
-    assert 'id="total-spend">$1.25<' in client.get("/dashboard/").content.decode()
+    assert 'id="total-spend">$1.2502<' in client.get("/dashboard/").content.decode()
     _record(alice_key[0], model="gpt-4o", cost=Decimal("2"))
-    assert 'id="total-spend">$3.25<' in client.get("/dashboard/").content.decode()
+    assert 'id="total-spend">$3.2502<' in client.get("/dashboard/").content.decode()
 
 
 def test_the_date_range_picks_what_is_counted(client, usage_data):
@@ -160,11 +160,11 @@ def test_the_date_range_picks_what_is_counted(client, usage_data):
     today = timezone.now().date()
     start = (today - dt.timedelta(days=60)).isoformat()
     page = client.get("/dashboard/", {"from": start, "to": today.isoformat()}).content.decode()
-    assert 'id="total-spend">$11.25<' in page
+    assert 'id="total-spend">$11.2502<' in page
 
     bad = client.get("/dashboard/", {"from": "2025-02-10", "to": "2025-02-01"}).content.decode()
     assert "is after" in bad
-    assert 'id="total-spend">$1.25<' in bad  # fell back to the last 30 days
+    assert 'id="total-spend">$1.2502<' in bad  # fell back to the last 30 days
 
 
 def test_unpriced_usage_says_unpriced_never_zero(client, usage_data):
@@ -189,11 +189,11 @@ def test_staff_see_every_user_and_can_open_each_dashboard(client, usage_data, st
     tables = _tables(response)
 
     users = {row[0]: row for row in tables["table-by-user"]}
-    assert users["alice"][-1] == "$1.25"
+    assert users["alice"][-1] == "$1.2502"
     assert users["bob"][-1] == "$0.40 + unpriced"
     models = {row[0] for row in tables["table-by-model"]}
     assert models == {"gpt-4o", "o3-mini", "text-embedding-3-small", "ft:bob-custom"}
-    assert 'id="total-spend">$1.65<span class="kpi-plus"> + unpriced</span><' in page
+    assert 'id="total-spend">$1.6502<span class="kpi-plus"> + unpriced</span><' in page
     assert 'id="top-spenders"' in page
 
     bob_page = client.get("/dashboard/users/bob/").content.decode()
@@ -303,3 +303,70 @@ def test_budgets_show_remaining_for_the_current_period(client, usage_data, bob_k
     client.force_login(usage_data["alice_chat"].user)
     alice_rows = _tables(client.get("/dashboard/"))["budgets-table"]
     assert alice_rows[0][5] == "no budget"
+
+
+# --- money as the dashboards show it -------------------------------------------------------
+
+PICO = Decimal("0.000000000001")
+
+
+def _axis_labels(svg):
+    return re.findall(r'<text class="axis-label"[^>]*text-anchor="end">([^<]*)</text>', svg)
+
+
+def test_a_picodollar_shows_as_0_00_and_sums_round_once(client, alice_key):
+    alice = alice_key[0]
+    tiny = _record(alice, model="gpt-4o-mini", cost=PICO)
+    _record(alice, model="text-embedding-3-small", cost=Decimal("0.0000125"))
+    client.force_login(alice.user)
+    response = client.get("/dashboard/")
+    page = response.content.decode()
+    tables = _tables(response)
+
+    costs = {row[3]: row[7] for row in tables["recent-requests"]}
+    assert costs == {"gpt-4o-mini": "$0.00", "text-embedding-3-small": "$0.000012"}
+    by_model = {row[0]: row[-1] for row in tables["table-by-model"]}
+    assert by_model == costs
+    # 0.000012500001 all told: past the tie, so up, though the rows show 0.00 and 0.000012.
+    assert 'id="total-spend">$0.000013<' in page
+    assert "E-12" not in page and "0.000000000001" not in page
+
+    detail = client.get(reverse("usage:request_detail", args=[tiny.pk])).content.decode()
+    assert "<strong>$0.00</strong>" in detail and "0.000000000001" not in detail
+
+    csv_by_model = client.get(reverse("usage:dashboard_csv"), {"group_by": "model"})
+    lines = list(csv.DictReader(io.StringIO(csv_by_model.content.decode())))
+    assert {line["model"]: line["cost_usd"] for line in lines} == {
+        "gpt-4o-mini": "0.00",
+        "text-embedding-3-small": "0.000012",
+    }
+
+
+@pytest.mark.parametrize(
+    ("cost", "labels"),
+    [
+        # Ticks finer than a micro-dollar would all read $0.00.
+        (PICO, ["$0.00", "$0.000001"]),
+        # A $0.0000025 step would be labelled $0.000002.
+        (Decimal("0.000009"), ["$0.00", "$0.000005", "$0.00001"]),
+        (Decimal("0.9"), ["$0.00", "$0.25", "$0.50", "$0.75", "$1.00"]),
+    ],
+    ids=str,
+)
+def test_the_spend_axis_labels_each_tick_with_its_own_amount(client, alice_key, cost, labels):
+    _record(alice_key[0], model="gpt-4o-mini", cost=cost)
+    client.force_login(alice_key[0].user)
+    assert _axis_labels(_svg(client.get("/dashboard/"), "daily-spend")) == labels
+
+
+def test_a_negative_remaining_budget_reads_minus_dollars(client, bob_key):
+    key, _ = bob_key
+    QuotaLedger.objects.create(
+        api_key=key,
+        period=Period.TOTAL,
+        period_start=period_start(Period.TOTAL, timezone.now()),
+        spent_usd=Decimal("1.0000125"),
+    )
+    client.force_login(key.user)
+    row = next(r for r in _tables(client.get("/dashboard/"))["budgets-table"] if key.prefix in r[0])
+    assert row[2:6] == ["$1.000012", "$0.00", "$1.00", "-$0.000012"]  # half to even

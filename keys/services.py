@@ -23,6 +23,7 @@ from keys.models import (
     key_hash,
     period_start,
 )
+from keys.money import usd
 from keys.selectors import KeyInfo, LimitSnapshot, key_info_forget
 
 LIMIT_FIELDS = (
@@ -300,8 +301,8 @@ def _refusal(
         limits.budget_usd is None or ledger.spent_usd + cost <= limits.budget_usd
     )
     return QuotaExceeded(
-        f"The budget of {whose}{span} (${limits.budget_usd}) does not cover this request "
-        f"(up to ${cost.quantize(Decimal('0.000001'))}). Check your usage at /v1/proxy/me.",
+        f"The budget of {whose}{span} (${usd(limits.budget_usd)}) does not cover this request "
+        f"(up to ${usd(cost)}). Check your usage at /v1/proxy/me.",
         in_flight=in_flight,
     )
 

@@ -14,6 +14,7 @@ from django.db.models import F, QuerySet, Value
 from django.utils import timezone
 
 from keys.fields import MoneyField
+from keys.money import usd
 from keys.services import LedgerMove, quota_settle
 from usage.models import PRICE_COLUMNS, ModelPrice, RecordState, UsageDaily, UsageRecord
 from usage.pricing import price_book_reset
@@ -398,7 +399,7 @@ def reservations_heal(*, stale_after: dt.timedelta, keep: tuple[str, ...] = ()) 
             "reaper: ended %d reservations of dead relay processes (billed $%s as estimates, "
             "released $%s)",
             result.records,
-            result.billed_usd,
-            result.released_usd,
+            usd(result.billed_usd),
+            usd(result.released_usd),
         )
     return result

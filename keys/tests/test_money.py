@@ -1,5 +1,5 @@
 """Money as people and clients read it: two to six decimals, half to even, never `0E-12`, in
-the keys' API and `/v1/proxy/me` alike."""
+the keys' API, `/v1/proxy/me` and the quota's refusal message alike."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from rest_framework.test import APIClient
 from keys.models import ApiKey, QuotaLedger, period_start
 from keys.money import usd, usd_json
 from keys.selectors import key_info_for_secret, key_usage_report
-from keys.services import key_issue
+from keys.services import QuotaExceeded, key_issue, quota_reserve
+from tests.factories import request_record
 
 NOW = dt.datetime(2031, 3, 4, 12, 0, tzinfo=dt.UTC)
 PICO = Decimal("0.000000000001")
@@ -95,3 +96,20 @@ def test_proxy_me_shows_spend_and_remaining_rounded_once():
     assert usage["remaining_usd"] == "4.999987"
     assert report["usage"]["user"]["spent_usd"] == "0.00"
     assert report["usage"]["user"]["remaining_usd"] is None
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("fresh_key_caches")
+def test_a_refusal_names_the_budget_and_the_cost_in_dollars_and_cents():
+    _, secret = key_issue(username="ivan", budget_usd=Decimal(5))
+    key = key_info_for_secret(secret)
+    with pytest.raises(QuotaExceeded) as refused:
+        quota_reserve(
+            key=key,
+            cost=Decimal("6.0000125"),
+            tokens=10,
+            now=NOW,
+            record=request_record(key, created_at=NOW),
+        )
+    assert "($5.00)" in str(refused.value)
+    assert "(up to $6.000012)" in str(refused.value)

@@ -11,6 +11,7 @@ import datetime as dt
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
+from keys.money import usd
 from usage.services import reservations_heal
 
 
@@ -35,5 +36,5 @@ class Command(BaseCommand):
         )
         self.stdout.write(
             f"ended {result.records} reservations of dead relay processes: "
-            f"billed ${result.billed_usd} as estimates, released ${result.released_usd}"
+            f"billed ${usd(result.billed_usd)} as estimates, released ${usd(result.released_usd)}"
         )

@@ -44,7 +44,7 @@ demo: $(VENV)/.dev
 	 upstream=$$!; trap "kill $$upstream" EXIT; \
 	 key=$$($(PY) manage.py create_api_key demo --budget 5 --period day --name demo 2>/dev/null | tail -n 1); \
 	 echo; echo "Demo key (user 'demo', \$$5 a day): $$key"; \
-	 echo "Try:  OPENAI_API_KEY=$$key OPENAI_BASE_URL=http://127.0.0.1:$(PORT)/v1 $(PY) -c \"from openai import OpenAI; print(OpenAI().chat.completions.create(model='gpt-4o-mini', messages=[{'role':'user','content':'hi'}]).choices[0].message.content)\""; \
+	 echo "Try:  OPENAI_API_KEY=$$key OPENAI_BASE_URL=http://127.0.0.1:$(PORT)/v1 $(PY) -c \"from openai import OpenAI; print(OpenAI().chat.completions.create(model='gpt-4o-mini', max_completion_tokens=100, messages=[{'role':'user','content':'hi'}]).choices[0].message.content)\""; \
 	 $(PY) manage.py shell -c "from django.contrib.auth import get_user_model as users; u = users().objects.get(username='demo'); u.set_password('demo'); u.save()"; \
 	 echo "Dashboard: http://127.0.0.1:$(PORT)/dashboard/ (user demo / demo; admin: /admin/ as admin, password ADMIN_PASSWORD or 'admin')"; echo; \
 	 OPENAI_BASE_URL=http://127.0.0.1:$(DEMO_UPSTREAM_PORT)/v1 OPENAI_API_KEY=sk-demo-upstream $(PY) manage.py serve --port $(PORT)

@@ -47,7 +47,7 @@ def limits_fieldset(*, editable: bool) -> tuple[str, dict[str, Any]]:
         "Limits",
         {
             "fields": (
-                ("budget_usd" if editable else "budget", "period"),
+                ("budget_usd" if editable else "budget", "period", "budget_mode"),
                 ("token_limit", "request_limit"),
                 ("rpm", "tpm", "max_concurrent"),
                 "allowed_models",

@@ -28,7 +28,7 @@ from rest_framework.views import APIView
 
 from keys.authentication import ApiAuthMixin, IsStaffLogin, staff_login
 from keys.filters import ApiKeyFilter
-from keys.models import ApiKey, Period, UserLimit
+from keys.models import ApiKey, BudgetMode, Period, UserLimit
 from keys.money import usd
 from keys.services import LIMIT_FIELDS, key_issue, key_revoke, key_update_limits, user_limit_set
 
@@ -87,6 +87,13 @@ class LimitsInputSerializer(serializers.Serializer):
 
     budget_usd = MoneyField(required=False, allow_null=True, help_text="USD per period.")
     period = serializers.ChoiceField(choices=Period.choices, required=False)
+    budget_mode = serializers.ChoiceField(
+        choices=BudgetMode.choices,
+        required=False,
+        allow_blank=True,
+        help_text="strict: refuse a request whose cost cannot be bounded; estimate: reserve "
+        "the documented defaults; empty: the user's choice, else the proxy's.",
+    )
     models = ModelsField(required=False)
     rpm = serializers.IntegerField(required=False, allow_null=True, min_value=0, max_value=INT_MAX)
     tpm = serializers.IntegerField(required=False, allow_null=True, min_value=0, max_value=INT_MAX)
@@ -121,6 +128,7 @@ def _limit_changes(data: dict[str, Any]) -> dict[str, Any]:
 class LimitsOutputSerializer(serializers.Serializer):
     budget_usd = MoneyField(allow_null=True)
     period = serializers.ChoiceField(choices=Period.choices)
+    budget_mode = serializers.CharField()
     models = serializers.ListField(child=serializers.CharField())
     rpm = serializers.IntegerField(allow_null=True)
     tpm = serializers.IntegerField(allow_null=True)
@@ -151,6 +159,7 @@ class ApiKeyOutputSerializer(serializers.ModelSerializer):
             "revoked_at",
             "budget_usd",
             "period",
+            "budget_mode",
             "models",
             "rpm",
             "tpm",
@@ -355,7 +364,11 @@ class UserLimitsApi(ApiAuthMixin, APIView):
         serializer = LimitsInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         # PUT replaces: whatever is not given goes back to "no limit".
-        data = {f: None for f in LIMIT_FIELDS} | {"period": Period.TOTAL, "models": []}
+        data = {f: None for f in LIMIT_FIELDS} | {
+            "period": Period.TOTAL,
+            "budget_mode": BudgetMode.INHERIT,
+            "models": [],
+        }
         data |= serializer.validated_data
         limit = user_limit_set(user=user, **_limit_changes(data))
         return Response(self.OutputSerializer(self._body(user, limit)).data)

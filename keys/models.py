@@ -54,6 +54,15 @@ def model_matches(patterns: list[str] | tuple[str, ...], model: str) -> bool:
     return not patterns or any(fnmatch.fnmatchcase(model, p) for p in patterns)
 
 
+class BudgetMode(models.TextChoices):
+    """What a budget does with a request whose cost it cannot bound (no output maximum, no
+    `max_tool_calls` beside a built-in tool)."""
+
+    INHERIT = "", "as the user / the proxy's default"
+    STRICT = "strict", "strict: refuse it (400 saying what to send)"
+    ESTIMATE = "estimate", "estimate: reserve the documented defaults"
+
+
 class Limits(models.Model):
     """Limits shared by keys and users; an empty field means no limit of that kind."""
 
@@ -66,6 +75,14 @@ class Limits(models.Model):
         **MONEY,
     )
     period = models.CharField(max_length=8, choices=Period.choices, default=Period.TOTAL)
+    budget_mode = models.CharField(
+        max_length=8,
+        choices=BudgetMode.choices,
+        blank=True,
+        default=BudgetMode.INHERIT,
+        db_default=BudgetMode.INHERIT,
+        help_text="A key's choice wins over its user's; empty means PROXY_BUDGET_MODE.",
+    )
     token_limit = models.PositiveBigIntegerField(
         null=True, blank=True, help_text="Tokens (input + output) allowed per period."
     )
@@ -94,6 +111,7 @@ class Limits(models.Model):
         return {
             "budget_usd": self.budget_usd,
             "period": self.period,
+            "budget_mode": self.budget_mode,
             "token_limit": self.token_limit,
             "request_limit": self.request_limit,
             "rpm": self.rpm,

@@ -21,7 +21,6 @@ from keys.models import (
     period_start,
 )
 from keys.money import (
-    MICRO_USD,  # noqa: F401 (relay.views rounds its budget header with it)
     usd_json,
 )
 
@@ -53,6 +52,7 @@ class LimitSnapshot:
     tpm: int | None = None
     max_concurrent: int | None = None
     models: tuple[str, ...] = ()
+    budget_mode: str = ""
 
     @classmethod
     def of(cls, limits: Limits | None) -> LimitSnapshot:
@@ -67,6 +67,7 @@ class LimitSnapshot:
             tpm=limits.tpm,
             max_concurrent=limits.max_concurrent,
             models=tuple(limits.model_patterns()),
+            budget_mode=limits.budget_mode,
         )
 
     def model_allowed(self, model: str) -> bool:
@@ -88,6 +89,7 @@ class LimitSnapshot:
         return {
             "budget_usd": usd_json(self.budget_usd),
             "period": self.period,
+            "budget_mode": self.budget_mode,
             "token_limit": self.token_limit,
             "request_limit": self.request_limit,
             "rpm": self.rpm,
@@ -117,6 +119,17 @@ class KeyInfo:
     @property
     def has_budget(self) -> bool:
         return self.key_limits.budget_usd is not None or self.user_limits.budget_usd is not None
+
+    @property
+    def strict_budget(self) -> bool:
+        """Whether a request this key's budgets cannot bound is refused (else it is reserved
+        at the documented defaults): the key's mode, else its user's, else the proxy's."""
+        mode = (
+            self.key_limits.budget_mode
+            or self.user_limits.budget_mode
+            or settings.PROXY_BUDGET_MODE
+        )
+        return self.has_budget and mode == "strict"
 
 
 _cache: dict[str, tuple[float, KeyInfo | None]] = {}

@@ -29,6 +29,7 @@ from keys.selectors import KeyInfo, LimitSnapshot, key_info_forget
 LIMIT_FIELDS = (
     "budget_usd",
     "period",
+    "budget_mode",
     "token_limit",
     "request_limit",
     "rpm",

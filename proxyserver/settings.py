@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -179,8 +180,17 @@ PROXY_KEY_PREFIX = "sk-proxy-"
 # Key lookups are cached per process for this long; revocation still takes effect at once
 # because the quota step checks the key row on every request. Limit edits apply within it.
 PROXY_KEY_CACHE_SECONDS = env.float("PROXY_KEY_CACHE_SECONDS", default=5.0)
-# Output tokens reserved for a request that names no max_tokens / max_output_tokens.
+# What a budget does with a request whose cost it cannot bound, unless the key or its user
+# says otherwise: "strict" refuses it with a 400 naming what to send, "estimate" reserves the
+# defaults below (and the budget can then be overshot by what they under-estimate).
+PROXY_BUDGET_MODE = env.str("PROXY_BUDGET_MODE", default="strict")
+if PROXY_BUDGET_MODE not in ("strict", "estimate"):
+    raise ImproperlyConfigured("PROXY_BUDGET_MODE must be strict or estimate")
+# "estimate" budgets: output tokens reserved for a request that names no max_tokens /
+# max_completion_tokens / max_output_tokens, and built-in tool calls for a Responses request
+# with a built-in tool and no max_tool_calls.
 PROXY_DEFAULT_OUTPUT_TOKENS = env.int("PROXY_DEFAULT_OUTPUT_TOKENS", default=4096)
+PROXY_DEFAULT_TOOL_CALLS = env.int("PROXY_DEFAULT_TOOL_CALLS", default=4)
 PROXY_MAX_BODY_BYTES = env.int("PROXY_MAX_BODY_BYTES", default=20 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = PROXY_MAX_BODY_BYTES + 1024
 PROXY_UPSTREAM_CONNECT_TIMEOUT = env.float("PROXY_UPSTREAM_CONNECT_TIMEOUT", default=10.0)

@@ -9,6 +9,7 @@ the reservation's transaction on (keys.services.quota_reserve); finishing comple
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import logging
 import time
@@ -24,22 +25,24 @@ from keys.ratelimit import RateTicket, rate_release
 from keys.selectors import KeyInfo
 from keys.services import Reservation
 from relay import lifecycle, recording
+from relay.metering import BuiltinTools
+from relay.protocol import responses_tool_calls
 from relay.tokens import count_text
 from usage.models import RecordState, UsageRecord
-from usage.pricing import Price, PriceBook, TokenUsage
+from usage.pricing import FREE_TIERS, Price, PriceBook, TokenUsage
 
 log = logging.getLogger(__name__)
 REDACTED = "[redacted]"
-FREE_TIERS = ("", "default", "auto", "standard")
-# Responses API ids this process handed out -> user id. Their records are written after the
+# Responses API ids this process handed out -> (user id, the tokens a continuation is billed
+# as history: its input + output, None while unknown). Their records are written after the
 # answer has gone, so a client continuing a response at once (`previous_response_id`) or
 # fetching it would otherwise race the write and get a 404 for its own response.
-_recent_responses: OrderedDict[str, int] = OrderedDict()
+_recent_responses: OrderedDict[str, tuple[int, int | None]] = OrderedDict()
 _RECENT_RESPONSES_MAX = 10_000
 
 
-def response_owner(response_id: str) -> int | None:
-    """The user who made a response through this process recently, if any."""
+def response_owner(response_id: str) -> tuple[int, int | None] | None:
+    """(user, history tokens) of a response made through this process recently, if any."""
     return _recent_responses.get(response_id)
 
 
@@ -97,6 +100,8 @@ class Exchange:
         self.uid = uuid.uuid4()  # its record's, so a write heard as failed is found again
         # True when something else has taken on finishing it (a reservation still on its way).
         self.finish_later = False
+        self.tools = BuiltinTools()  # the server-side tools it enabled, billed per call
+        self.search_model = False  # a Chat Completions search model: one search per call
         self._finished = False
 
     # -- inputs ------------------------------------------------------------------------------
@@ -124,6 +129,7 @@ class Exchange:
             status_code=0,
             prompt_tokens=self.prompt_estimate,
             cost_usd=prompt_cost,
+            price_id=price.id if price is not None else None,
             estimated=True,
             state=RecordState.PENDING,
             process=lifecycle.TOKEN,
@@ -155,10 +161,14 @@ class Exchange:
     def finished(self) -> bool:
         return self._finished
 
-    def claim_response(self, response_id: str) -> None:
-        """Mark a Responses id as this user's at once, before its record is written."""
-        if response_id and response_id not in _recent_responses:
-            _recent_responses[response_id] = self.key.user_id
+    def claim_response(self, response_id: str, history: int | None = None) -> None:
+        """Mark a Responses id as this user's at once, before its record is written (and,
+        once known, the tokens a continuation of it is billed as history)."""
+        if not response_id:
+            return
+        known = _recent_responses.get(response_id)
+        if known is None or (history is not None and known[0] == self.key.user_id):
+            _recent_responses[response_id] = (self.key.user_id, history)
             if len(_recent_responses) > _RECENT_RESPONSES_MAX:
                 _recent_responses.popitem(last=False)
 
@@ -181,6 +191,8 @@ class Exchange:
         response_id: str = "",
         response_body: str = "",
         client_disconnected: bool = False,
+        output: list | None = None,
+        partial_images: int = 0,
     ) -> None:
         """Write this request's usage record (later, off the response path). Idempotent."""
         if self._finished:
@@ -196,14 +208,15 @@ class Exchange:
                 completion=count_text(estimated_text, response_model or self.model),
             )
             estimated = True
-        cost: Decimal | None = Decimal(0)
+        if usage is not None and status < 400:
+            usage = self._with_tool_calls(usage, output, partial_images)
         tier = service_tier or self.requested_tier
-        if usage is not None and usage.total:
-            price = book.price(response_model or self.model, self.now) if book else None
-            if price is None or not price.is_priced:
-                cost = None  # unpriced: shown as such, never as $0
-            else:
-                cost = price.cost(usage, None if tier in FREE_TIERS else tier)
+        cost: Decimal | None = Decimal(0)
+        price: Price | None = None
+        if usage is not None and book is not None:
+            cost, price = book.bill(response_model or self.model, usage, tier=tier, at=self.now)
+        elif usage is not None and (usage.total or usage.tool_calls):
+            cost = None  # no price table at all: unpriced, never $0
         usage = usage or TokenUsage()
         record = self.pending if self.pending is not None else UsageRecord()
         if self.reservation is None:
@@ -223,6 +236,8 @@ class Exchange:
             "audio_input_tokens": usage.audio_input,
             "audio_output_tokens": usage.audio_output,
             "cost_usd": cost,
+            "price_id": price.id if price is not None else None,
+            "tool_calls": dict(usage.tool_calls) or None,
             "estimated": estimated,
             "client_disconnected": client_disconnected or self.client_gone,
             "latency_ms": int((time.perf_counter() - self.started) * 1000),
@@ -237,10 +252,21 @@ class Exchange:
         }
         for name, value in fields.items():
             setattr(record, name, value)
-        self.claim_response(response_id)
+        self.claim_response(response_id, usage.total if status < 400 else None)
         if self.ticket is not None:
             _release_later(self.ticket, usage.total)
         recording.record_later(record)
+
+    def _with_tool_calls(
+        self, usage: TokenUsage, output: list | None, partial_images: int
+    ) -> TokenUsage:
+        """The usage with the built-in tool calls OpenAI bills per call."""
+        calls = responses_tool_calls(output, self.tools) if output else {}
+        if partial_images and self.tools.image_model:
+            calls[f"image_partial:{self.tools.image_model}"] = partial_images
+        if self.search_model:
+            calls["search_model"] = 1
+        return dataclasses.replace(usage, tool_calls=calls) if calls else usage
 
 
 _releases: set[asyncio.Task] = set()

@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 
+from relay.metering import BuiltinTools
 from usage.pricing import TokenUsage
 
 
@@ -45,6 +46,34 @@ def chat_usage(usage: object) -> TokenUsage | None:
 def responses_usage(usage: object) -> TokenUsage | None:
     """Responses API usage (`input_tokens` style)."""
     return _usage(usage, inp="input_tokens", out="output_tokens")
+
+
+def responses_tool_calls(output: object, tools: BuiltinTools) -> dict[str, int]:
+    """The built-in tool calls a Responses answer made, by fee key (see metering): web and
+    file searches per call, a code interpreter container per distinct container, an image
+    per image generation call at its quality and size (`*`, the dearest, where neither the
+    call nor the request says)."""
+    calls: dict[str, int] = {}
+    containers: set[str] = set()
+    for item in output if isinstance(output, list) else ():
+        kind = item.get("type") if isinstance(item, dict) else None
+        if kind == "web_search_call" and item.get("status") != "failed":
+            key = tools.search or "web_search"
+            calls[key] = calls.get(key, 0) + 1
+        elif kind == "file_search_call" and item.get("status") != "failed":
+            calls["file_search"] = calls.get("file_search", 0) + 1
+        elif kind == "code_interpreter_call":
+            containers.add(str(item.get("container_id") or ""))
+        elif kind == "image_generation_call" and item.get("status") != "failed":
+            quality = item.get("quality")
+            size = item.get("size")
+            quality = quality if quality in ("low", "medium", "high") else tools.image_quality
+            size = size if isinstance(size, str) and "x" in size else tools.image_size
+            key = f"image_generation:{tools.image_model or 'gpt-image-1'}:{quality}:{size}"
+            calls[key] = calls.get(key, 0) + 1
+    if containers:
+        calls[f"code_interpreter:{tools.container_memory or '1g'}"] = len(containers)
+    return calls
 
 
 def loads(data: bytes) -> Any:
@@ -103,6 +132,9 @@ class StreamState:
         self.service_tier = ""
         self.response_id = ""
         self.finished = False
+        # Responses: the output items (the terminal event's, else the tool calls seen done).
+        self.output: list[Any] = []
+        self.partial_images = 0
         self._datas: list[bytes] = []
 
     def text(self) -> str:
@@ -182,6 +214,15 @@ class ResponsesStream(StreamState):
             # Kept raw: parsed only if the text is ever needed (a cut stream, stored bodies).
             self._datas.append(data)
             return event
+        if name == "response.image_generation_call.partial_image":
+            self.partial_images += 1
+            return event
+        if name == "response.output_item.done" and b'_call"' in data:
+            # A built-in tool call is billed per call, even if the stream is cut later.
+            item = _dict(_dict(loads(data)).get("item"))
+            if item:
+                self.output.append(item)
+            return event
         if name.startswith(("response.output_", "response.content_part")):
             return event  # nothing the meter needs, and the bulk of the events
         payload = loads(data)
@@ -195,6 +236,8 @@ class ResponsesStream(StreamState):
             self.service_tier = str(response.get("service_tier") or self.service_tier)
         if kind in RESPONSES_TERMINAL:
             self.usage = responses_usage(response.get("usage"))
+            if isinstance(response.get("output"), list):
+                self.output = response["output"]
             self.finished = True
         return event
 

@@ -82,6 +82,8 @@ class StreamRelay:
             service_tier=state.service_tier,
             upstream_request_id=self.request_id,
             response_id=state.response_id,
+            output=state.output,
+            partial_images=state.partial_images,
             error_code=_ERROR_CODES[outcome],
             client_disconnected=outcome == "client_gone",
             response_body=response_summary(state.response_model or ex.model, text, state.usage)

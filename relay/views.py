@@ -14,10 +14,11 @@ from its real usage, and only a stream still waiting for upstream's headers is c
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 from collections.abc import Callable
-from decimal import Decimal
+from decimal import ROUND_FLOOR, Decimal
 from typing import Any
 
 import aiohttp
@@ -29,14 +30,15 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
-from keys.selectors import MICRO_USD, KeyInfo, key_usage_report
+from keys.money import MICRO_USD, usd
+from keys.selectors import KeyInfo, key_usage_report
 from keys.services import Reservation
 from relay import errors, lifecycle, upstream
 from relay.admission import grant, refuse
 from relay.auth import authenticate
 from relay.database import UNAVAILABLE, in_db_thread
 from relay.exchange import Exchange, response_owner
-from relay.metering import METERED, PATH_OF, output_allowance, output_maximum, prompt_tokens
+from relay.metering import METERED, PATH_OF, Refused, bad_integer, output_maximum, size_request
 from relay.protocol import (
     ChatStream,
     ResponsesStream,
@@ -47,7 +49,7 @@ from relay.protocol import (
 )
 from relay.streaming import RelayStreamingResponse, StreamRelay
 from usage.models import UsageRecord
-from usage.pricing import PriceBook, price_book, price_book_cached
+from usage.pricing import Price, PriceBook, price_book, price_book_cached
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +75,9 @@ def _quota_headers(reservation: Reservation | None, key: KeyInfo) -> dict[str, s
     tokens = [left.tokens for left in lefts if left.tokens is not None]
     headers = {}
     if budget:
-        headers["x-proxy-budget-remaining-usd"] = str(min(budget).quantize(MICRO_USD))
+        # Rounded down: the header never says more is left than is.
+        left = min(budget).quantize(MICRO_USD, rounding=ROUND_FLOOR)
+        headers["x-proxy-budget-remaining-usd"] = usd(left)
     if requests:
         headers["x-proxy-requests-remaining"] = str(min(requests))
     if tokens:
@@ -97,20 +101,38 @@ def _scrub(data: bytes) -> bytes:
     return data.replace(secret, b"sk-***") if secret and secret in data else data
 
 
-def _owned(user_id: int, response_id: str) -> bool:
-    return UsageRecord.objects.filter(user_id=user_id, response_id=response_id).exists()
+_NOT_OWNED = (False, None)
 
 
-async def _owns_response(user_id: int, response_id: str) -> bool:
-    owner = response_owner(response_id)
-    if owner is not None:
-        return owner == user_id
-    if await in_db_thread(_owned, user_id, response_id):
-        return True
+def _owned(user_id: int, response_id: str) -> tuple[bool, int | None]:
+    """(whether the user made it, the tokens a continuation is billed as its history)."""
+    row = (
+        UsageRecord.objects.filter(user_id=user_id, response_id=response_id)
+        .values_list("prompt_tokens", "completion_tokens", "state")
+        .first()
+    )
+    if row is None:
+        return _NOT_OWNED
+    return True, (row[0] + row[1]) if row[2] != "pending" else None
+
+
+async def _response_history(user_id: int, response_id: str) -> tuple[bool, int | None]:
+    """Whether `user_id` made the response, and its input + output tokens (None: unknown
+    yet, the response is still being made or its record being written)."""
+    recent = response_owner(response_id)
+    if recent is not None and (recent[0] != user_id or recent[1] is not None):
+        return recent[0] == user_id, recent[1]
+    found = await in_db_thread(_owned, user_id, response_id)
+    if found[0] or recent is not None:
+        return True, found[1]
     # Made a moment ago by another server process whose record is not written yet: give that
     # write a moment before answering 404 (only unknown ids pay this wait).
     await asyncio.sleep(_OWNER_WRITE_GRACE)
     return await in_db_thread(_owned, user_id, response_id)
+
+
+async def _owns_response(user_id: int, response_id: str) -> bool:
+    return (await _response_history(user_id, response_id))[0]
 
 
 async def _send(
@@ -261,9 +283,10 @@ async def _dispatch(request: HttpRequest, ex: Exchange, path: str) -> HttpRespon
 
 async def _parse_metered(
     request: HttpRequest, ex: Exchange, kind: str
-) -> tuple[bytes, dict[str, Any], int | None] | HttpResponse:
+) -> tuple[bytes, dict[str, Any], int | None, int | None] | HttpResponse:
     """Check a metered request's body as OpenAI would: (raw body, parsed body, the output
-    maximum it names), or the error response (already recorded)."""
+    maximum it names, the history it continues in tokens: None if not known yet), or the
+    error response (already recorded)."""
     try:
         raw = request.body
     except RequestDataTooBig:
@@ -318,9 +341,15 @@ async def _parse_metered(
             ),
             "unsupported_parameter",
         )
+    history: int | None = 0
     previous = body.get("previous_response_id")
     if kind == "responses" and previous is not None:
-        if not isinstance(previous, str) or not await _owns_response(ex.key.user_id, previous):
+        owned, history = (
+            await _response_history(ex.key.user_id, previous)
+            if isinstance(previous, str)
+            else _NOT_OWNED
+        )
+        if not owned:
             return refuse(
                 ex,
                 errors.openai_error(
@@ -330,21 +359,48 @@ async def _parse_metered(
                 ),
                 "not_found",
             )
-    max_out, bad = output_maximum(kind, body)
-    if bad is not None:
+    if kind == "responses" and body.get("conversation") is not None:
+        # Conversations live on the one shared upstream account and are not relayed yet.
         return refuse(
             ex,
-            errors.openai_error(400, f"'{bad}' must be a non-negative integer.", param=bad),
-            "invalid_type",
+            errors.openai_error(
+                400,
+                "Conversations are not supported by this proxy yet: continue a response with 'previous_response_id' instead of 'conversation'.",
+                param="conversation",
+                code="unsupported_parameter",
+            ),
+            "unsupported_parameter",
         )
-    return raw, body, max_out
+    max_out, bad = output_maximum(kind, body)
+    if bad is not None:
+        problem = bad_integer(body, bad)
+        return refuse(
+            ex,
+            errors.openai_error(400, problem.message, param=problem.param),
+            problem.code,
+        )
+    return raw, body, max_out, history
+
+
+def _unpriced(ex: Exchange, book: PriceBook, model: str, price: Price | None) -> HttpResponse:
+    if price is None and book.resolution(model)[1] == "unknown":
+        message = (
+            f"The model '{model}' is unknown to this proxy: it is not in the price table by "
+            f"its name, a dated snapshot, a fine-tune's base or an alias, so a key with a "
+            f"budget cannot use it. Check the model name, or ask the operator to add its price "
+            f"or an alias."
+        )
+    else:
+        message = f"The model '{model}' has no price in this proxy's price table, and this key has a budget. Ask the operator to add a price."
+    code = "model_not_priced"
+    return refuse(ex, errors.openai_error(400, message, param="model", code=code), code)
 
 
 async def _metered(request: HttpRequest, ex: Exchange, kind: str) -> HttpResponse:
     parsed = await _parse_metered(request, ex, kind)
     if isinstance(parsed, HttpResponse):
         return parsed
-    raw, body, max_out = parsed
+    raw, body, max_out, history = parsed
     model = ex.model
     if not ex.key.model_allowed(model):
         return refuse(
@@ -362,26 +418,53 @@ async def _metered(request: HttpRequest, ex: Exchange, kind: str) -> HttpRespons
         return refuse(ex, errors.database_unavailable(), "database_unavailable")
     ex.book = book  # every end of this request is priced, however it ends
     price = book.price(model, ex.now)
-    if (price is None or not price.is_priced) and ex.key.has_budget and kind != "moderation":
+    priced = price is not None and price.is_priced
+    if not priced and ex.key.has_budget and kind != "moderation":
+        return _unpriced(ex, book, model, price)
+    ex.search_model = kind == "chat" and book.tool_fee("search_model", model, ex.now) is not None
+    size = functools.partial(
+        size_request,
+        kind,
+        body,
+        model,
+        max_out=max_out,
+        strict=ex.key.strict_budget,
+        history=history,
+        max_input=price.max_input_tokens if price is not None else None,
+        search_model=ex.search_model,
+    )
+    try:
+        if len(raw) > _INLINE_TOKENISE_BYTES:
+            sizing = await sync_to_async(size, thread_sensitive=False)()
+        else:
+            sizing = size()
+    except Refused as no:
         return refuse(
-            ex,
-            errors.openai_error(
-                400,
-                f"The model '{model}' has no price in this proxy's price table, and this key has a budget. Ask the operator to add a price.",
-                param="model",
-                code="model_not_priced",
-            ),
-            "model_not_priced",
+            ex, errors.openai_error(no.status, no.message, param=no.param, code=no.code), no.code
         )
-    if len(raw) > _INLINE_TOKENISE_BYTES:
-        prompt = await sync_to_async(prompt_tokens, thread_sensitive=False)(kind, body, model)
-    else:
-        prompt = prompt_tokens(kind, body, model)
-    ex.prompt_estimate = prompt
-    reserve_out, rate_out = output_allowance(kind, body, max_out)
-    cost = price.worst_case(prompt, reserve_out) if price is not None else Decimal(0)
+    ex.prompt_estimate = sizing.prompt_estimate
+    ex.tools = sizing.tools
+    cost = Decimal(0)
+    if priced:
+        worst = book.worst_case(price, sizing.ceiling, model=model, at=ex.now)
+        if worst is None and ex.key.has_budget:
+            return refuse(
+                ex,
+                errors.openai_error(
+                    400,
+                    f"A built-in tool in this request has no price in this proxy's price table for '{model}', and this key has a budget. Ask the operator to add its fee.",
+                    param="tools",
+                    code="tool_not_priced",
+                ),
+                "tool_not_priced",
+            )
+        cost = worst if worst is not None else price.worst_case_tokens(sizing.ceiling)
     refused = await grant(
-        ex, cost=cost, tokens=prompt + reserve_out, rate_tokens=prompt + rate_out, price=price
+        ex,
+        cost=cost,
+        tokens=sizing.ceiling.tokens,
+        rate_tokens=sizing.rate_tokens,
+        price=price,
     )
     if refused is not None:
         return refused
@@ -449,6 +532,7 @@ async def _forward_metered(
     response_model = ""
     tier = ""
     response_id = ""
+    output = None
     if resp.status == 200:
         payload = loads(data)
         if isinstance(payload, dict):
@@ -457,6 +541,7 @@ async def _forward_metered(
             if kind == "responses":
                 usage = responses_usage(payload.get("usage"))
                 response_id = str(payload.get("id") or "")
+                output = payload.get("output")
             else:
                 usage = chat_usage(payload.get("usage"))
     else:
@@ -469,6 +554,7 @@ async def _forward_metered(
         service_tier=tier,
         upstream_request_id=request_id,
         response_id=response_id,
+        output=output,
         error_code=_upstream_error_code(data)
         if resp.status >= 400
         else ("client_disconnected" if ex.client_gone else ""),

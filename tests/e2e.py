@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 
 import pytest
 
-from tests.servers import FakeOpenAI, ProxyServer
+from tests.servers import FakeOpenAI, ProxyServer, running, start_proxy
+
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "")
 
 
 def wait_for(
@@ -79,11 +82,16 @@ class E2E:
 @pytest.fixture
 def e2e(transactional_db, proxy: ProxyServer, fake_openai: FakeOpenAI) -> Iterator[E2E]:
     """A proxy process on the test database, prices loaded, a fresh fake upstream."""
-    from usage.models import ModelPrice
-    from usage.services import prices_load
+    from usage.models import ModelAlias, ModelPrice, ToolPrice
+    from usage.prices import aliases_load, prices_load, tool_prices_load
 
-    if not ModelPrice.objects.exists():  # flushed by the previous transactional test
+    # Flushed by the previous transactional test.
+    if not ModelPrice.objects.exists():
         prices_load()
+    if not ModelAlias.objects.exists():
+        aliases_load()
+    if not ToolPrice.objects.exists():
+        tool_prices_load()
     fake_openai.reset()
     yield E2E(proxy=proxy, upstream=fake_openai)
     _wait_until_records_settle()
@@ -103,3 +111,21 @@ def _wait_until_records_settle() -> None:
         elif time.monotonic() - stable_since > 0.25:
             return
         time.sleep(0.05)
+
+
+@pytest.fixture
+def two_processes(e2e, server_logs) -> Iterator[tuple[ProxyServer, ProxyServer]]:
+    """Two proxy processes on one PostgreSQL database and one Redis."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql" or not REDIS_URL:
+        pytest.skip("needs PostgreSQL (DATABASE_URL) and Redis (TEST_REDIS_URL); .ci/run sets both")
+    import redis
+
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    env = {"CACHE_URL": REDIS_URL}
+    with (
+        running(start_proxy(e2e.upstream.url, server_logs, extra_env=env)) as a,
+        running(start_proxy(e2e.upstream.url, server_logs, extra_env=env)) as b,
+    ):
+        yield a, b

@@ -7,6 +7,7 @@ server to see it, so end-to-end tests use `transactional_db` (the `e2e` fixture 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import json
@@ -154,9 +155,22 @@ def start_proxy(
         stdout=open(log, "w"),
         stderr=subprocess.STDOUT,
     )
+    _started.append(proc)
     server = ProxyServer(url=f"http://127.0.0.1:{port}", proc=proc, log=log)
     _wait_http(f"{server.url}/healthz", proc)
     return server
+
+
+# Every proxy process a test started: one a failing test did not stop is killed when the test
+# run ends, so no server outlives the run (and holds a port or a database).
+_started: list[subprocess.Popen] = []
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    for proc in _started:
+        if proc.poll() is None:
+            proc.kill()
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""Admin for prices (editable), usage records and the daily rollup (read-only).
+"""Admin for usage records and the daily rollup (read-only); prices are in admin_prices.
 
 The records table grows to millions of rows, so its changelist never counts it whole, never
 lists distinct values for a filter, and defers the (large) bodies.
@@ -17,97 +17,16 @@ from django.urls import path
 from django.utils.functional import cached_property
 
 from keys.admin import money_column, read_only_fields
+from usage import admin_prices  # noqa: F401 (registers the price tables)
 from usage.apis import UsageRecordOutputSerializer
 from usage.exports import csv_streaming_response
-from usage.models import ROLLUP_SUMS, ModelPrice, UsageDaily, UsageRecord
-from usage.pricing import price_book_reset
+from usage.models import ROLLUP_SUMS, UsageDaily, UsageRecord
 from usage.selectors import usage_days, usage_record_count
 
 if TYPE_CHECKING:
     from django.db.models import QuerySet
-    from django.forms import ModelForm
     from django.http import HttpRequest, HttpResponseBase
     from django.urls import URLPattern
-
-
-@admin.register(ModelPrice)
-class ModelPriceAdmin(admin.ModelAdmin):
-    list_display = (
-        "model",
-        "mode",
-        "effective_from",
-        "input_per_1m",
-        "cached_input_per_1m",
-        "output_per_1m",
-        "deprecation_date",
-    )
-    list_filter = ("mode", "effective_from")
-    search_fields = ("model",)
-    fieldsets = (
-        (
-            None,
-            {
-                "fields": (
-                    "model",
-                    "mode",
-                    "effective_from",
-                    "deprecation_date",
-                    "max_input_tokens",
-                ),
-                "description": "USD per 1M tokens. To change a price, add a row with a new "
-                "`effective from` instead of editing this one, so past records keep their price.",
-            },
-        ),
-        (
-            "Standard",
-            {
-                "fields": (
-                    ("input_per_1m", "cached_input_per_1m", "cache_write_per_1m", "output_per_1m"),
-                )
-            },
-        ),
-        (
-            "Batch, flex and priority tiers",
-            {
-                "classes": ("collapse",),
-                "fields": (
-                    ("batch_input_per_1m", "batch_cached_input_per_1m", "batch_output_per_1m"),
-                    ("flex_input_per_1m", "flex_cached_input_per_1m", "flex_output_per_1m"),
-                    (
-                        "priority_input_per_1m",
-                        "priority_cached_input_per_1m",
-                        "priority_output_per_1m",
-                    ),
-                ),
-            },
-        ),
-        (
-            "Long context and audio",
-            {
-                "classes": ("collapse",),
-                "fields": (
-                    ("gt272k_input_per_1m", "gt272k_cached_input_per_1m", "gt272k_output_per_1m"),
-                    ("audio_input_per_1m", "audio_cached_input_per_1m", "audio_output_per_1m"),
-                ),
-            },
-        ),
-    )
-
-    # Prices are cached per process: this one forgets them now, the others within
-    # PRICE_CACHE_SECONDS.
-    def save_model(
-        self, request: HttpRequest, obj: ModelPrice, form: ModelForm, change: bool
-    ) -> None:
-        super().save_model(request, obj, form, change)
-        price_book_reset()
-
-    def delete_model(self, request: HttpRequest, obj: ModelPrice) -> None:
-        super().delete_model(request, obj)
-        price_book_reset()
-
-    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[ModelPrice]) -> None:
-        super().delete_queryset(request, queryset)
-        price_book_reset()
 
 
 class UsageRecordPaginator(Paginator):

@@ -98,6 +98,14 @@ class UsageRecordOutputSerializer(serializers.ModelSerializer):
         allow_null=True,
         help_text="USD, a decimal string of two to six places; null when the model has no price.",
     )
+    tool_calls = serializers.JSONField(
+        read_only=True,
+        allow_null=True,
+        help_text="Built-in tool calls billed per call, by fee key (`web_search`: 2).",
+    )
+    price_id = serializers.IntegerField(
+        read_only=True, allow_null=True, help_text="The price row the cost was computed with."
+    )
 
     class Meta:
         model = UsageRecord
@@ -117,7 +125,11 @@ class UsageRecordOutputSerializer(serializers.ModelSerializer):
             "cached_tokens",
             "completion_tokens",
             "reasoning_tokens",
+            "audio_input_tokens",
+            "audio_output_tokens",
+            "tool_calls",
             "cost_usd",
+            "price_id",
             "latency_ms",
             "ttfb_ms",
             "estimated",

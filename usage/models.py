@@ -71,6 +71,10 @@ class ModelPrice(models.Model):
     audio_cached_input_per_1m = models.DecimalField("audio cached input", **PRICE)
     deprecation_date = models.DateField(null=True, blank=True)
     max_input_tokens = models.PositiveIntegerField(null=True, blank=True)
+    source = models.CharField(
+        max_length=300, blank=True, help_text="Where this price was read (a URL or a document)."
+    )
+    source_date = models.DateField(null=True, blank=True, help_text="When it was read there.")
 
     class Meta:
         ordering = ["model", "-effective_from"]
@@ -80,6 +84,54 @@ class ModelPrice(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model} (from {self.effective_from:%Y-%m-%d})"
+
+
+class ModelAlias(models.Model):
+    """A model name OpenAI accepts that is priced as another row (`gpt-4o-audio-preview` is
+    served by `gpt-4o-audio-preview-2025-06-03`). Looked up only after the exact name, the
+    fine-tune base and the dated snapshot: never a guess by prefix."""
+
+    alias = models.CharField(max_length=120, unique=True)
+    model = models.CharField("priced as", max_length=120)
+    source = models.CharField(max_length=300, blank=True)
+    source_date = models.DateField(null=True, blank=True)
+    note = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["alias"]
+        verbose_name_plural = "model aliases"
+
+    def __str__(self) -> str:
+        return f"{self.alias} → {self.model}"
+
+
+class ToolPrice(models.Model):
+    """A built-in tool's fee per call (web search, file search, a code interpreter container,
+    an image generated through the Responses API), for the models whose names match
+    `model_patterns` (comma-separated `fnmatch` patterns; the most specific match wins), from
+    `effective_from`.
+    `variant` narrows a fee: a container's memory (`1g`), an image's `quality:size`."""
+
+    tool = models.CharField(max_length=32)
+    model_patterns = models.CharField("models", max_length=200, default="*")
+    variant = models.CharField(max_length=64, blank=True)
+    usd_per_call = models.DecimalField("USD per call", max_digits=16, decimal_places=6)
+    effective_from = models.DateTimeField(default=ALWAYS)
+    source = models.CharField(max_length=300, blank=True)
+    source_date = models.DateField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["tool", "model_patterns", "variant", "-effective_from"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tool", "model_patterns", "variant", "effective_from"],
+                name="one_tool_fee_per_date",
+            )
+        ]
+
+    def __str__(self) -> str:
+        variant = f" {self.variant}" if self.variant else ""
+        return f"{self.tool}{variant} for {self.model_patterns}: ${self.usd_per_call}"
 
 
 class RecordState(models.TextChoices):
@@ -118,6 +170,22 @@ class UsageRecord(models.Model):
     audio_input_tokens = models.PositiveIntegerField(default=0)
     audio_output_tokens = models.PositiveIntegerField(default=0)
     cost_usd = MoneyField(null=True, blank=True, help_text="Empty when the model has no price.")
+    # The price row the cost was computed with (kept for `manage.py reprice` and for reports
+    # that must say which price applied), and the built-in tool calls billed per call.
+    # No database constraint: the relay prices from a cached table, and a row deleted
+    # meanwhile must never fail the reservation that writes this (the admin still refuses to
+    # delete a row records point at).
+    price = models.ForeignKey(
+        ModelPrice,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        db_constraint=False,
+        related_name="+",
+    )
+    tool_calls = models.JSONField(
+        null=True, blank=True, help_text="Built-in tool calls billed per call, by tool."
+    )
     estimated = models.BooleanField(
         default=False, help_text="Tokens counted by the proxy because upstream sent no usage."
     )

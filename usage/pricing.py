@@ -9,14 +9,18 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import datetime as dt
+import fnmatch
 import re
 import threading
 import time
+from collections.abc import Mapping
 from decimal import Decimal
 
 from django.conf import settings
 
 PER_TOKEN = Decimal(1_000_000)
+# Service tiers billed at the standard rates.
+FREE_TIERS = ("", "default", "auto", "standard")
 ZERO = Decimal(0)
 _DATED = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{4})$")
 
@@ -24,7 +28,9 @@ _DATED = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{4})$")
 @dataclasses.dataclass(frozen=True, slots=True)
 class TokenUsage:
     """Token counts as OpenAI reports them: cached, cache-write and audio input are inside
-    `prompt`; reasoning and audio output are inside `completion` (never add them twice)."""
+    `prompt`; reasoning and audio output are inside `completion` (never add them twice).
+    `tool_calls` counts the built-in tool calls billed per call, by fee key (`web_search`,
+    `code_interpreter:1g`, `image_generation:high:1024x1536`, ...)."""
 
     prompt: int = 0
     cached: int = 0
@@ -33,6 +39,7 @@ class TokenUsage:
     cache_write: int = 0
     audio_input: int = 0
     audio_output: int = 0
+    tool_calls: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
     @property
     def total(self) -> int:
@@ -40,10 +47,34 @@ class TokenUsage:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class Ceiling:
+    """The most a request can be billed for, as the relay bounded it from the request.
+
+    `input` is every input token billed at the text rate (text, images, files, tool
+    definitions, the history behind `previous_response_id`, each tool turn's context);
+    `audio_input` is billed at the audio rate; `output` may all be audio when `audio_output`.
+    `tool_calls` maps a fee key (its variant may hold `*`, priced at its dearest match) to
+    the most calls the request can make."""
+
+    input: int = 0
+    audio_input: int = 0
+    output: int = 0
+    audio_output: bool = False
+    tool_calls: Mapping[str, int] = dataclasses.field(default_factory=dict)
+
+    @property
+    def tokens(self) -> int:
+        return self.input + self.audio_input + self.output
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Price:
     model: str
     effective_from: dt.datetime
     rates: dict[str, Decimal | None]
+    id: int | None = None
+    source: str = ""
+    max_input_tokens: int | None = None
 
     def rate(self, column: str) -> Decimal | None:
         return self.rates.get(column)
@@ -78,6 +109,7 @@ class Price:
         return inp, (inp if cached is None else cached), out
 
     def cost(self, usage: TokenUsage, tier: str | None = None) -> Decimal:
+        """What the tokens cost (built-in tool fees are the book's: `PriceBook.cost`)."""
         inp, cached, out = self.tier_rates(tier, usage.prompt)
         cache_write = self.rate("cache_write_per_1m")
         audio_in = self.rate("audio_input_per_1m")
@@ -97,40 +129,99 @@ class Price:
             total += audio_out_tokens * audio_out
         return total / PER_TOKEN
 
-    def worst_case(self, prompt_tokens: int, max_output_tokens: int) -> Decimal:
-        """The most a request can cost: every input token uncached, at the dearest tier."""
-        rates_in = [self.rate(f"{p}input_per_1m") for p in ("", "priority_", "gt272k_")]
-        rates_out = [self.rate(f"{p}output_per_1m") for p in ("", "priority_", "gt272k_")]
-        inp = max((r for r in rates_in if r is not None), default=ZERO)
-        out = max((r for r in rates_out if r is not None), default=ZERO)
-        return (prompt_tokens * inp + max_output_tokens * out) / PER_TOKEN
+    def _dearest(self, *columns: str) -> Decimal:
+        rates = [self.rate(c) for c in columns]
+        return max((r for r in rates if r is not None), default=ZERO)
+
+    def worst_case_tokens(self, ceiling: Ceiling) -> Decimal:
+        """The most the ceiling's tokens can cost: every input token uncached (or written to
+        the cache, when that is dearer), at the dearest tier; audio at audio rates."""
+        tiers = ("", "priority_", "gt272k_")
+        inp = self._dearest(*(f"{t}input_per_1m" for t in tiers), "cache_write_per_1m")
+        out = self._dearest(*(f"{t}output_per_1m" for t in tiers))
+        audio_in = max(inp, self._dearest("audio_input_per_1m"))
+        if ceiling.audio_output:
+            out = max(out, self._dearest("audio_output_per_1m"))
+        total = ceiling.input * inp + ceiling.audio_input * audio_in + ceiling.output * out
+        return total / PER_TOKEN
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ToolFee:
+    """One built-in tool's fee per call (see usage.models.ToolPrice)."""
+
+    tool: str
+    patterns: tuple[str, ...]
+    variant: str
+    usd_per_call: Decimal
+    effective_from: dt.datetime
+
+    def matches(self, names: tuple[str, ...]) -> bool:
+        return any(fnmatch.fnmatchcase(n, p) for n in names for p in self.patterns)
+
+    @property
+    def specificity(self) -> tuple[int, int]:
+        """Patterns without a wildcard first, then the longest: `gpt-4o*` beats `*`."""
+        exact = all("*" not in p and "?" not in p for p in self.patterns)
+        return (1 if exact else 0, max(len(p) for p in self.patterns))
+
+
+def fee_key(tool: str, variant: str = "") -> str:
+    return f"{tool}:{variant}" if variant else tool
 
 
 class PriceBook:
-    """All price rows of all models, by model, oldest first."""
+    """All price rows of all models (by model, oldest first), the alias table and the
+    built-in tool fees: everything a request is priced with, held in memory."""
 
-    def __init__(self, prices: list[Price]) -> None:
+    def __init__(
+        self,
+        prices: list[Price],
+        aliases: Mapping[str, str] | None = None,
+        tool_fees: list[ToolFee] | None = None,
+    ) -> None:
         self._by_model: dict[str, list[Price]] = {}
         for price in sorted(prices, key=lambda p: p.effective_from):
             self._by_model.setdefault(price.model, []).append(price)
-        self._names = sorted(self._by_model, key=len, reverse=True)
+        self._aliases = dict(aliases or {})
+        self._fees: dict[str, list[ToolFee]] = {}
+        for fee in sorted(tool_fees or [], key=lambda f: f.effective_from):
+            self._fees.setdefault(fee.tool, []).append(fee)
 
-    def resolve(self, model: str) -> str | None:
-        """The price-table name for a model OpenAI named: exact, fine-tune base, undated, prefix."""
+    def resolution(self, model: str) -> tuple[str | None, str]:
+        """The price-table name for a model OpenAI named, and the rule that found it: its
+        own row ("exact"), a fine-tune's base row ("fine-tune": `ft:gpt-4o-mini-2024-07-18`
+        for `ft:gpt-4o-mini-2024-07-18:org::id`), a dated snapshot of a known model
+        ("snapshot": `-YYYY-MM-DD` / `-MMDD`), the alias table ("alias"), else (None,
+        "unknown"). Never a guess by prefix: `gpt-4-0125-preview` is not `gpt-4`."""
         if not model:
-            return None
+            return None, "unknown"
         if model in self._by_model:
-            return model
+            return model, "exact"
         if model.startswith("ft:"):
-            base = model[3:].split(":", 1)[0]
-            return self.resolve(base)
+            base = "ft:" + model[3:].split(":", 1)[0]
+            for name in (base, _DATED.sub("", base)):
+                if name in self._by_model:
+                    return name, "fine-tune"
+            target = self._alias_target(base)
+            return (target, "fine-tune") if target else (None, "unknown")
         undated = _DATED.sub("", model)
         if undated != model and undated in self._by_model:
-            return undated
-        for name in self._names:
-            if model.startswith(name + "-"):
-                return name
-        return None
+            return undated, "snapshot"
+        target = self._alias_target(model)
+        return (target, "alias") if target else (None, "unknown")
+
+    def _alias_target(self, model: str) -> str | None:
+        target = self._aliases.get(model) or self._aliases.get(_DATED.sub("", model))
+        if target is None:
+            return None
+        if target in self._by_model:
+            return target
+        undated = _DATED.sub("", target)
+        return undated if undated in self._by_model else None
+
+    def resolve(self, model: str) -> str | None:
+        return self.resolution(model)[0]
 
     def price(self, model: str, at: dt.datetime) -> Price | None:
         name = self.resolve(model)
@@ -142,6 +233,67 @@ class PriceBook:
 
     def models(self) -> list[str]:
         return list(self._by_model)
+
+    # -- built-in tools --------------------------------------------------------------------
+    def tool_fee(self, key: str, model: str, at: dt.datetime) -> Decimal | None:
+        """The fee per call for a fee key (`tool` or `tool:variant`; a variant may hold `*`
+        and is then priced at its dearest match), for `model`, at `at`. None: no fee known."""
+        tool, _, variant = key.partition(":")
+        names = tuple(n for n in (model, self.resolve(model)) if n)
+        # Per variant the most specific pattern wins, then the latest row; a `*` variant is
+        # priced at the dearest of the variants it matches.
+        chosen: dict[str, tuple[tuple[int, int], dt.datetime, Decimal]] = {}
+        for fee in self._fees.get(tool, ()):
+            if fee.effective_from > at or not fee.matches(names):
+                continue
+            if not fnmatch.fnmatchcase(fee.variant, variant):
+                continue
+            rank = (fee.specificity, fee.effective_from, fee.usd_per_call)
+            if fee.variant not in chosen or rank[:2] > chosen[fee.variant][:2]:
+                chosen[fee.variant] = rank
+        return max((rank[2] for rank in chosen.values()), default=None)
+
+    def tool_cost(self, calls: Mapping[str, int], model: str, at: dt.datetime) -> Decimal | None:
+        """What the built-in tool calls cost; None if one has no fee in the table."""
+        total = ZERO
+        for key, count in calls.items():
+            if count <= 0:
+                continue
+            fee = self.tool_fee(key, model, at)
+            if fee is None:
+                return None
+            total += fee * count
+        return total
+
+    def cost(
+        self, price: Price, usage: TokenUsage, *, tier: str | None, model: str, at: dt.datetime
+    ) -> Decimal | None:
+        """A request's whole cost: its tokens and its built-in tool calls (None if a tool
+        call has no fee: unpriced, never $0)."""
+        tools = self.tool_cost(usage.tool_calls, model, at)
+        return None if tools is None else price.cost(usage, tier) + tools
+
+    def bill(
+        self, model: str, usage: TokenUsage, *, tier: str, at: dt.datetime
+    ) -> tuple[Decimal | None, Price | None]:
+        """What a request's usage costs, and the price row that says so: (None, row) when
+        unpriced (never $0); nothing used costs $0 whatever the model. `tier` is the
+        service tier OpenAI answered with."""
+        if not (usage.total or usage.tool_calls):
+            return ZERO, None
+        price = self.price(model, at)
+        if price is None or not price.is_priced:
+            return None, price
+        billed_tier = None if tier in FREE_TIERS else tier
+        return self.cost(price, usage, tier=billed_tier, model=model, at=at), price
+
+    def worst_case(
+        self, price: Price, ceiling: Ceiling, *, model: str, at: dt.datetime
+    ) -> Decimal | None:
+        """The most a request bounded by `ceiling` can cost; None if a tool it may call has
+        no fee in the table (it cannot be bounded)."""
+        tools = self.tool_cost(ceiling.tool_calls, model, at)
+        return None if tools is None else price.worst_case_tokens(ceiling) + tools
 
 
 _book: PriceBook | None = None
@@ -157,9 +309,9 @@ def price_book() -> PriceBook:
         return _book
     with _book_lock:
         if _book is None or time.monotonic() - _book_loaded_at >= ttl:
-            from usage.selectors import price_rows
+            from usage.selectors import price_aliases, price_rows, tool_fees
 
-            _book = PriceBook(price_rows())
+            _book = PriceBook(price_rows(), price_aliases(), tool_fees())
             _book_loaded_at = time.monotonic()
     return _book
 

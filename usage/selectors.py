@@ -14,8 +14,16 @@ from django.core.cache import cache
 from django.db.models import F, Q, QuerySet, Sum
 
 from keys.models import ApiKey, Limits, QuotaLedger, UserLimit, period_end, period_start
-from usage.models import PRICE_COLUMNS, ROLLUP_SUMS, ModelPrice, UsageDaily, UsageRecord
-from usage.pricing import Price
+from usage.models import (
+    PRICE_COLUMNS,
+    ROLLUP_SUMS,
+    ModelAlias,
+    ModelPrice,
+    ToolPrice,
+    UsageDaily,
+    UsageRecord,
+)
+from usage.pricing import Price, ToolFee
 
 
 def price_rows() -> list[Price]:
@@ -24,8 +32,28 @@ def price_rows() -> list[Price]:
             model=row.model,
             effective_from=row.effective_from,
             rates={c: getattr(row, c) for c in PRICE_COLUMNS},
+            id=row.pk,
+            source=row.source,
+            max_input_tokens=row.max_input_tokens,
         )
         for row in ModelPrice.objects.all()
+    ]
+
+
+def price_aliases() -> dict[str, str]:
+    return dict(ModelAlias.objects.values_list("alias", "model"))
+
+
+def tool_fees() -> list[ToolFee]:
+    return [
+        ToolFee(
+            tool=row.tool,
+            patterns=tuple(p.strip() for p in row.model_patterns.split(",") if p.strip()) or ("*",),
+            variant=row.variant,
+            usd_per_call=row.usd_per_call,
+            effective_from=row.effective_from,
+        )
+        for row in ToolPrice.objects.all()
     ]
 
 

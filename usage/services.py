@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import datetime as dt
 import logging
-from decimal import Decimal, InvalidOperation
-from pathlib import Path
+from decimal import Decimal
 
 from django.db import IntegrityError, InterfaceError, OperationalError, connection, transaction
 from django.db.models import F, QuerySet, Value
@@ -16,76 +14,9 @@ from django.utils import timezone
 from keys.fields import MoneyField
 from keys.money import usd
 from keys.services import LedgerMove, quota_settle
-from usage.models import PRICE_COLUMNS, ModelPrice, RecordState, UsageDaily, UsageRecord
-from usage.pricing import price_book_reset
+from usage.models import RecordState, UsageDaily, UsageRecord
 
 log = logging.getLogger(__name__)
-SHIPPED_PRICES = Path(__file__).resolve().parent / "data" / "openai_prices.csv"
-
-
-@dataclasses.dataclass
-class PriceLoadResult:
-    created: int = 0
-    unchanged: int = 0
-    changed: int = 0
-
-
-def _decimal(text: str | None) -> Decimal | None:
-    text = (text or "").strip()
-    if not text:
-        return None
-    try:
-        return Decimal(text)
-    except InvalidOperation:
-        raise ValueError(f"not a price: {text!r}") from None
-
-
-@transaction.atomic
-def prices_load(
-    *, path: Path = SHIPPED_PRICES, effective_from: dt.datetime | None = None
-) -> PriceLoadResult:
-    """Load a price file (the shipped one by default). A model whose price differs from the
-    one in force gets a new row from `effective_from` (now by default), so past records keep
-    the price they were billed at; a model seen for the first time is priced from always."""
-    from usage.models import ALWAYS
-
-    when = effective_from or timezone.now()
-    result = PriceLoadResult()
-    with open(path, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        if "model" not in (reader.fieldnames or []) or "input_per_1m" not in (
-            reader.fieldnames or []
-        ):
-            raise ValueError(f"{path}: needs at least the columns model and input_per_1m")
-        for line in reader:
-            model = (line.get("model") or "").strip()
-            if not model:
-                continue
-            rates = {c: _decimal(line.get(c)) for c in PRICE_COLUMNS if c in line}
-            extra = {
-                "mode": (line.get("mode") or "").strip(),
-                "deprecation_date": (line.get("deprecation_date") or "").strip() or None,
-                "max_input_tokens": int(line["max_input_tokens"])
-                if (line.get("max_input_tokens") or "").strip()
-                else None,
-            }
-            current = (
-                ModelPrice.objects.filter(model=model, effective_from__lte=when)
-                .order_by("-effective_from")
-                .first()
-            )
-            if current is None:
-                ModelPrice.objects.create(model=model, effective_from=ALWAYS, **rates, **extra)
-                result.created += 1
-            elif all(getattr(current, c) == v for c, v in rates.items()):
-                result.unchanged += 1
-            else:
-                ModelPrice.objects.update_or_create(
-                    model=model, effective_from=when, defaults={**rates, **extra}
-                )
-                result.changed += 1
-    price_book_reset()
-    return result
 
 
 # What completing a record writes over its pending row (everything the relay learnt after the
@@ -111,7 +42,7 @@ def _rollup_deltas(record: UsageRecord, sign: int = 1) -> dict[str, int | Decima
     }
 
 
-def _rollups_add(entries: list[tuple[UsageRecord, int]]) -> None:
+def rollups_add(entries: list[tuple[UsageRecord, int]]) -> None:
     """Add (sign 1) or take back (sign -1) records in the per-day rollups."""
     rollups: dict[tuple, dict[str, int | Decimal]] = {}
     for record, sign in entries:
@@ -257,7 +188,7 @@ def _records_write(records: list[UsageRecord]) -> int:
                 len(finished) - len(completed),
             )
         _complete_rows(completed)
-    _rollups_add(rollups)
+    rollups_add(rollups)
     # Last, so the ledger rows that reservations wait for are locked only until the commit.
     quota_settle(moves=[m for m in moves if m.key_ledger_id is not None])
     return len(new) + len(completed)
@@ -286,7 +217,7 @@ def usage_record_release(*, record_id: int, error_code: str, status_code: int) -
         row.error_code = error_code
         row.estimated = True
         row.save(update_fields=["state", "status_code", "error_code", "estimated"])
-        _rollups_add([(row, 1)])
+        rollups_add([(row, 1)])
         quota_settle(moves=[_end_at_estimate(row)])
     return True
 
@@ -324,7 +255,7 @@ def _reap_rows(rows: list[UsageRecord], now: dt.datetime) -> tuple[Decimal, Deci
     UsageRecord.objects.bulk_update(
         rows, ["state", "status_code", "error_code", "estimated", "latency_ms"]
     )
-    _rollups_add([(row, 1) for row in rows])
+    rollups_add([(row, 1) for row in rows])
     quota_settle(moves=moves)
     return released, billed
 

@@ -216,6 +216,7 @@ def test_staff_read_and_set_a_users_limits(staff_api, alice_key):
         "username": "alice",
         "budget_usd": None,
         "period": "total",
+        "budget_mode": "",
         "models": [],
         "rpm": None,
         "tpm": None,

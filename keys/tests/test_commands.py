@@ -128,7 +128,7 @@ def test_load_prices_keeps_history_when_a_price_changes(tmp_path):
     call_command("load_prices", str(changed), stdout=out)
 
     rows = list(ModelPrice.objects.filter(model="gpt-4o-mini").order_by("effective_from"))
-    assert "1 new models, 1 changed" in out.getvalue()
+    assert "prices from prices.csv: 1 new, 1 changed" in out.getvalue()
     assert [r.input_per_1m for r in rows] == [before.input_per_1m, Decimal("0.2")]
     book = price_book()
     assert (

@@ -331,6 +331,27 @@ def _migrate(targets: list[tuple[str, str]]) -> None:
     MigrationExecutor(connection).migrate(targets)
 
 
+def _old_key_issue(username: str, budget_usd: Decimal | None) -> tuple[object, str]:
+    """A key as the earlier schema's code made it (its historical model: today's model has
+    columns that schema lacks)."""
+    import secrets
+
+    from django.conf import settings
+
+    from keys.models import key_hash
+
+    apps = MigrationExecutor(connection).loader.project_state(OLD_SCHEMA).apps
+    user = apps.get_model("auth", "User").objects.create(username=username)
+    secret = settings.PROXY_KEY_PREFIX + secrets.token_urlsafe(32)
+    api_key = apps.get_model("keys", "ApiKey").objects.create(
+        user=user,
+        prefix=secret[: len(settings.PROXY_KEY_PREFIX) + 6],
+        key_hash=key_hash(secret),
+        budget_usd=budget_usd,
+    )
+    return api_key, secret
+
+
 def _latest() -> list[tuple[str, str]]:
     return MigrationExecutor(connection).loader.graph.leaf_nodes()
 
@@ -379,10 +400,7 @@ def test_money_written_by_the_earlier_schema_reads_the_same_after_migrating():
 
     try:
         _migrate(OLD_SCHEMA)
-        keys = [
-            key_issue(username=f"old-{n}", budget_usd=Decimal(5) if n == 0 else None)
-            for n in range(3)
-        ]
+        keys = [_old_key_issue(f"old-{n}", Decimal(5) if n == 0 else None) for n in range(3)]
         start = connection.ops.adapt_datetimefield_value(EPOCH)
         with connection.cursor() as cursor:
             for (api_key, _secret), (spent, reserved, _, _) in zip(keys, ledger_rows, strict=True):
@@ -431,7 +449,7 @@ def test_money_written_by_the_earlier_schema_reads_the_same_after_migrating():
         _migrate(_latest())
 
         for (api_key, _), (_, _, spent, reserved) in zip(keys, ledger_rows, strict=True):
-            ledger = QuotaLedger.objects.get(api_key=api_key)
+            ledger = QuotaLedger.objects.get(api_key_id=api_key.pk)
             assert (ledger.spent_usd, ledger.reserved_usd) == (spent, reserved)
         records = UsageRecord.objects.order_by("pk")
         assert [r.cost_usd for r in records] == [c for _, c in record_costs]

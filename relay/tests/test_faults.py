@@ -77,7 +77,7 @@ def gives_up(url: str, secret: str, body: dict, seconds: float) -> None:
 
 def slot_is_free(e2e, secret: str) -> None:
     """A key limited to one request at a time can make one now: nothing holds its slot."""
-    e2e.client(secret).chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+    e2e.client(secret).chat.completions.create(model="gpt-4o-mini", max_tokens=1000, messages=HELLO)
 
 
 # -- clients that leave -------------------------------------------------------------------------
@@ -128,7 +128,7 @@ def test_a_client_leaving_while_its_request_is_granted_is_recorded_and_released(
     of a key pays that lookup, so one plain request goes first.)"""
     secret = e2e.key(budget_usd="1", max_concurrent=20)
     client = e2e.client(secret)
-    client.chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+    client.chat.completions.create(model="gpt-4o-mini", max_tokens=1000, messages=HELLO)
     for i in range(20):
         with pytest.raises(httpx.TimeoutException):
             httpx.post(
@@ -144,7 +144,10 @@ def test_a_client_leaving_while_its_request_is_granted_is_recorded_and_released(
         answers = list(
             pool.map(
                 lambda _: client.chat.completions.create(
-                    model="gpt-4o-mini", messages=HELLO, extra_body={"fake": {"latency_ms": 200}}
+                    model="gpt-4o-mini",
+                    max_tokens=1000,
+                    messages=HELLO,
+                    extra_body={"fake": {"latency_ms": 200}},
                 ),
                 range(20),
             )
@@ -337,7 +340,7 @@ def test_a_stuck_database_gets_a_quick_503_and_the_late_reservation_is_released(
     proxy = start_proxy(e2e.upstream.url, server_logs, extra_env={"PROXY_DB_TIMEOUT": "1"})
     with running(proxy):
         client = openai.OpenAI(api_key=secret, base_url=proxy.v1, max_retries=0)
-        client.chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+        client.chat.completions.create(model="gpt-4o-mini", max_tokens=1000, messages=HELLO)
         records_for(secret, 1)
         # Hold the key's ledger row (on SQLite: the database's write lock) for 2.5 s: the
         # reservation waits behind it.
@@ -346,7 +349,7 @@ def test_a_stuck_database_gets_a_quick_503_and_the_late_reservation_is_released(
             QuotaLedger.objects.filter(api_key__isnull=False).update(requests=F("requests"))
             started = time.monotonic()
             with pytest.raises(openai.InternalServerError) as stuck:
-                client.chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+                client.chat.completions.create(model="gpt-4o-mini", max_tokens=1000, messages=HELLO)
             answered_in = time.monotonic() - started
             time.sleep(2.5 - answered_in)
         assert stuck.value.status_code == 503 and answered_in < 2
@@ -400,10 +403,10 @@ def test_after_a_database_outage_no_process_takes_another_for_dead(
 
 
 def test_a_redis_outage_keeps_budgets_hard(e2e, private_redis, server_logs):
-    from usage.pricing import price_book
+    from usage.pricing import Ceiling, price_book
 
     price = price_book().price("gpt-4o-mini", time_now())
-    worst = price.worst_case(50, 100)  # a generous bound of one request's reservation
+    worst = price.worst_case_tokens(Ceiling(input=50, output=100))  # one request's, generously
     secret = e2e.key(budget_usd=str(worst * Decimal("3.5")), rpm=1000, max_concurrent=50)
     proxy = start_proxy(e2e.upstream.url, server_logs, extra_env={"CACHE_URL": private_redis.url})
     with running(proxy):
@@ -466,7 +469,7 @@ def test_a_concurrency_slot_released_while_redis_hangs_comes_back(e2e, private_r
             os.kill(private_redis.proc.pid, signal.SIGCONT)
         time.sleep(1.2)  # Redis is tried again once a second
         # The slot was given back when Redis answered again: not "too many concurrent".
-        client.chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+        client.chat.completions.create(model="gpt-4o-mini", max_tokens=1000, messages=HELLO)
     records_for(secret, 2)
 
 
@@ -490,7 +493,11 @@ def _open_streams(proxy, secret: str, n: int, fake: dict) -> tuple[list, threadi
         text = ""
         try:
             chunks = client.chat.completions.create(
-                model="gpt-4o-mini", messages=HELLO, stream=True, extra_body={"fake": fake}
+                model="gpt-4o-mini",
+                max_tokens=1000,
+                messages=HELLO,
+                stream=True,
+                extra_body={"fake": fake},
             )
             first = True
             for chunk in chunks:
@@ -543,32 +550,38 @@ def _kill_mid_traffic(e2e, server_logs, reap_env: dict) -> tuple[str, int]:
 
     secret = e2e.key(budget_usd="5")
     proxy = start_proxy(e2e.upstream.url, server_logs, extra_env=reap_env)
-    _outcomes, streams = _open_streams(
-        proxy, secret, 10, {"completion_tokens": 400, "chunk_delay_ms": 50}
-    )
-    plain = openai.OpenAI(api_key=secret, base_url=proxy.v1, max_retries=0, timeout=30)
-    slow = [
-        threading.Thread(
-            target=lambda: _quietly(
-                plain.chat.completions.create,
-                model="gpt-4o-mini",
-                messages=HELLO,
-                extra_body={"fake": {"latency_ms": 5000}},
-            ),
-            daemon=True,
+    try:
+        _outcomes, streams = _open_streams(
+            proxy, secret, 10, {"completion_tokens": 400, "chunk_delay_ms": 50}
         )
-        for _ in range(10)
-    ]
-    for t in slow:
-        t.start()
-    wait_for(
-        lambda: UsageRecord.objects.filter(state="pending").count() == 20,
-        what="20 requests in flight",
-    )
-    proxy.proc.kill()
-    proxy.proc.wait()
-    for t in [*streams, *slow]:
-        t.join(timeout=10)
+        plain = openai.OpenAI(api_key=secret, base_url=proxy.v1, max_retries=0, timeout=30)
+        slow = [
+            threading.Thread(
+                target=lambda: _quietly(
+                    plain.chat.completions.create,
+                    model="gpt-4o-mini",
+                    max_tokens=1000,
+                    messages=HELLO,
+                    extra_body={"fake": {"latency_ms": 5000}},
+                ),
+                daemon=True,
+            )
+            for _ in range(10)
+        ]
+        for t in slow:
+            t.start()
+        wait_for(
+            lambda: UsageRecord.objects.filter(state="pending").count() == 20,
+            what="20 requests in flight",
+        )
+        proxy.proc.kill()
+        proxy.proc.wait()
+        for t in [*streams, *slow]:
+            t.join(timeout=10)
+    finally:
+        if proxy.proc.poll() is None:  # failed before the kill: never leave it running
+            proxy.proc.kill()
+            proxy.proc.wait()
     return secret, UsageRecord.objects.filter(state="pending").count()
 
 
@@ -630,17 +643,19 @@ def test_a_fault_run_of_mixed_requests_leaves_exactly_one_record_each(e2e):
             if kind == 0:
                 client.chat.completions.create(
                     model="gpt-4o-mini",
+                    max_tokens=1000,
                     messages=HELLO,
                     extra_body={"fake": {"usage_prompt_tokens": 77 + i}},
                 )
             elif kind == 1:
                 for _ in client.chat.completions.create(
-                    model="gpt-4o-mini", messages=HELLO, stream=True
+                    model="gpt-4o-mini", max_tokens=1000, messages=HELLO, stream=True
                 ):
                     pass
             elif kind == 2:
                 client.chat.completions.create(
                     model="gpt-4o-mini",
+                    max_tokens=1000,
                     messages=HELLO,
                     extra_body={"fake": {"fail_status": 500 if i % 16 < 8 else 429}},
                 )
@@ -648,6 +663,7 @@ def test_a_fault_run_of_mixed_requests_leaves_exactly_one_record_each(e2e):
                 broken = "cut_after" if kind == 3 else "end_early_after"
                 for _ in client.chat.completions.create(
                     model="gpt-4o-mini",
+                    max_tokens=1000,
                     messages=HELLO,
                     stream=True,
                     extra_body={"fake": {"completion_tokens": 40, broken: 5}},
@@ -695,7 +711,10 @@ def test_no_proxy_key_in_the_log_when_upstream_fails_with_the_key_in_the_url(e2e
     client = openai.OpenAI(api_key="x", base_url=f"{e2e.proxy.url}/{secret}/v1", max_retries=0)
     with pytest.raises(openai.InternalServerError):
         client.chat.completions.create(
-            model="gpt-4o-mini", messages=HELLO, extra_body={"fake": {"fail_status": 500}}
+            model="gpt-4o-mini",
+            max_tokens=1000,
+            messages=HELLO,
+            extra_body={"fake": {"fail_status": 500}},
         )
     records_for(secret, 1)
     assert secret not in e2e.proxy.output()

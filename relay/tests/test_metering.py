@@ -95,6 +95,7 @@ def test_responses_plain_prices_cached_and_reasoning_tokens_exactly(e2e):
 
     reply = client.responses.create(
         model="gpt-4o-mini",
+        max_output_tokens=1000,
         input="Tell me about proxies and what they are good for",
         instructions="Be brief",
         extra_body={"fake": {"cached_tokens": 5, "reasoning_tokens": 4}},
@@ -131,6 +132,7 @@ def test_responses_stream_relays_named_events_as_they_come_and_bills_the_complet
     arrivals: list[tuple[float, str]] = []
     with client.responses.create(
         model="gpt-5-mini",
+        max_output_tokens=1000,
         input="Stream me a reply",
         stream=True,
         extra_body={
@@ -173,9 +175,17 @@ def test_responses_incomplete_is_billed_from_its_usage_plain_and_streamed(e2e):
     client = e2e.client(secret)
     knobs = {"fake": {"terminal": "incomplete", "completion_tokens": 30}}
 
-    plain = client.responses.create(model="gpt-4o-mini", input="Go on", extra_body=knobs)
+    plain = client.responses.create(
+        model="gpt-4o-mini", max_output_tokens=1000, input="Go on", extra_body=knobs
+    )
     events = list(
-        client.responses.create(model="gpt-4o-mini", input="Go on", stream=True, extra_body=knobs)
+        client.responses.create(
+            model="gpt-4o-mini",
+            max_output_tokens=1000,
+            input="Go on",
+            stream=True,
+            extra_body=knobs,
+        )
     )
 
     assert plain.status == "incomplete"
@@ -196,7 +206,9 @@ def test_background_responses_are_refused_with_the_reason(e2e):
     client = e2e.client(secret)
 
     with pytest.raises(openai.BadRequestError) as refused:
-        client.responses.create(model="gpt-4o-mini", input="later", background=True)
+        client.responses.create(
+            model="gpt-4o-mini", max_output_tokens=1000, input="later", background=True
+        )
 
     assert refused.value.status_code == 400
     assert refused.value.param == "background"
@@ -211,10 +223,15 @@ def test_stored_responses_are_private_to_the_user_who_made_them(e2e):
     alice_secret, bob_secret = e2e.key("alice"), e2e.key("bob")
     alice, bob = e2e.client(alice_secret), e2e.client(bob_secret)
 
-    made = alice.responses.create(model="gpt-4o-mini", input="Remember the number 7")
+    made = alice.responses.create(
+        model="gpt-4o-mini", max_output_tokens=1000, input="Remember the number 7"
+    )
     # Continued at once, as chat loops do: the proxy must already know whose response it is.
     follow = alice.responses.create(
-        model="gpt-4o-mini", input="Which number?", previous_response_id=made.id
+        model="gpt-4o-mini",
+        max_output_tokens=1000,
+        input="Which number?",
+        previous_response_id=made.id,
     )
 
     assert alice.responses.retrieve(made.id).id == made.id
@@ -222,7 +239,12 @@ def test_stored_responses_are_private_to_the_user_who_made_them(e2e):
     with pytest.raises(openai.NotFoundError):
         bob.responses.retrieve(made.id)
     with pytest.raises(openai.NotFoundError) as refused:
-        bob.responses.create(model="gpt-4o-mini", input="Steal it", previous_response_id=made.id)
+        bob.responses.create(
+            model="gpt-4o-mini",
+            max_output_tokens=1000,
+            input="Steal it",
+            previous_response_id=made.id,
+        )
     assert refused.value.param == "previous_response_id"
     # Only alice's three requests reached upstream.
     assert e2e.upstream.stats()["by_path"] == {"/v1/responses": 2, f"/v1/responses/{made.id}": 1}
@@ -242,11 +264,16 @@ def test_a_response_can_be_continued_at_once_through_another_server_process(e2e,
     with running(start_proxy(e2e.upstream.url, server_logs)) as other:
         second = OpenAI(api_key=secret, base_url=other.v1, max_retries=0)
         for _ in range(3):
-            made = first.responses.create(model="gpt-4o-mini", input="Remember the number 7")
+            made = first.responses.create(
+                model="gpt-4o-mini", max_output_tokens=1000, input="Remember the number 7"
+            )
             # The first process writes its record just after answering; the second must not
             # answer 404 in between.
             follow = second.responses.create(
-                model="gpt-4o-mini", input="Which number?", previous_response_id=made.id
+                model="gpt-4o-mini",
+                max_output_tokens=1000,
+                input="Which number?",
+                previous_response_id=made.id,
             )
             assert follow.previous_response_id == made.id
         records = records_for(secret, 6)
@@ -267,7 +294,7 @@ def test_legacy_completions_plain_and_streamed_are_priced_exactly(e2e):
     )
     chunks = list(
         client.completions.create(
-            model="gpt-3.5-turbo-instruct", prompt="Once upon a time", max_tokens=50, stream=True
+            model="gpt-3.5-turbo-instruct", prompt="Once upon a time", max_tokens=1000, stream=True
         )
     )
 
@@ -306,6 +333,7 @@ def test_client_leaving_a_chat_stream_is_recorded_as_estimated_and_upstream_is_c
     received = ""
     with client.chat.completions.create(
         model="gpt-4o-mini",
+        max_tokens=1000,
         messages=HELLO,
         stream=True,
         extra_body={"fake": SLOW_LONG},
@@ -338,6 +366,7 @@ def test_client_leaving_a_responses_stream_is_recorded_as_estimated_and_upstream
     received = ""
     with client.responses.create(
         model="gpt-4o-mini",
+        max_output_tokens=1000,
         input="Tell me a long story",
         stream=True,
         extra_body={"fake": SLOW_LONG},
@@ -376,6 +405,7 @@ def test_broken_upstream_chat_stream_raises_in_the_sdk_and_is_estimated(e2e, kno
     with pytest.raises(openai.APIError) as failed:
         for chunk in client.chat.completions.create(
             model="gpt-4o-mini",
+            max_tokens=1000,
             messages=HELLO,
             stream=True,
             extra_body={"fake": {"completion_tokens": 60, knob: 8}},
@@ -405,6 +435,7 @@ def test_broken_upstream_responses_stream_raises_in_the_sdk_and_is_estimated(e2e
     with pytest.raises(openai.APIError):
         for event in client.responses.create(
             model="gpt-4o-mini",
+            max_output_tokens=1000,
             input="Tell me a story",
             stream=True,
             extra_body={"fake": {"completion_tokens": 60, knob: 8}},
@@ -432,6 +463,7 @@ def test_flex_and_priority_tiers_are_billed_at_their_rates(e2e):
 
     flex = client.chat.completions.create(
         model="gpt-5-mini",
+        max_tokens=1000,
         messages=HELLO,
         service_tier="flex",
         extra_body={"fake": {"cached_tokens": 4, "completion_tokens": 40}},
@@ -439,6 +471,7 @@ def test_flex_and_priority_tiers_are_billed_at_their_rates(e2e):
     # Asked for "auto", served at priority: the tier actually used is the one billed.
     priority = client.responses.create(
         model="gpt-4o-mini",
+        max_output_tokens=1000,
         input="Quick!",
         service_tier="auto",
         extra_body={"fake": {"service_tier": "priority", "cached_tokens": 2}},
@@ -481,15 +514,39 @@ def test_flex_and_priority_tiers_are_billed_at_their_rates(e2e):
 # -- 6. models with no price -----------------------------------------------------------------------
 
 
+def test_a_price_row_deleted_while_the_relay_caches_it_fails_no_request(e2e):
+    """Each record keeps the price row it was billed with; a row gone from the table while a
+    process still prices with its cached copy must not fail the request's reservation."""
+    from django.db import connection
+
+    from usage.models import ModelPrice
+
+    secret = e2e.key(budget_usd="1")
+    client = e2e.client(secret)
+    client.chat.completions.create(model="gpt-4o-mini", max_tokens=5, messages=HELLO)
+    row = ModelPrice.objects.get(model="gpt-4o-mini-2024-07-18")
+    with connection.cursor() as cursor:  # as a bulk delete or another tool would, unchecked
+        cursor.execute("DELETE FROM usage_modelprice WHERE id = %s", [row.pk])
+    reply = client.chat.completions.create(model="gpt-4o-mini", max_tokens=5, messages=HELLO)
+    assert reply.choices[0].message.content
+    first, second = records_for(secret, 2)
+    assert first.price_id == row.pk and second.status_code == 200
+
+
 def test_unpriced_model_is_refused_on_a_budget_and_recorded_unpriced_without_one(e2e):
     budgeted = e2e.key("alice", budget_usd="1")
     free = e2e.key("bob")
 
     with pytest.raises(openai.BadRequestError) as refused:
-        e2e.client(budgeted).chat.completions.create(model="my-custom-model-x", messages=HELLO)
-    reply = e2e.client(free).chat.completions.create(model="my-custom-model-x", messages=HELLO)
+        e2e.client(budgeted).chat.completions.create(
+            model="my-custom-model-x", max_tokens=1000, messages=HELLO
+        )
+    reply = e2e.client(free).chat.completions.create(
+        model="my-custom-model-x", max_tokens=1000, messages=HELLO
+    )
 
     assert refused.value.code == "model_not_priced" and refused.value.param == "model"
+    assert "'my-custom-model-x' is unknown to this proxy" in refused.value.message
     assert reply.choices[0].message.content
     [refusal] = records_for(budgeted, 1)
     assert refusal.status_code == 400 and refusal.error_code == "model_not_priced"
@@ -519,25 +576,31 @@ def test_bodies_are_stored_capped_redacted_and_streams_as_text(e2e, server_logs)
         client = OpenAI(api_key=secret, base_url=proxy.v1, max_retries=0)
         client.chat.completions.create(
             model="gpt-4o-mini",
+            max_tokens=1000,
             messages=HELLO,
             user="alice@example.com",
             metadata={"customer": "ACME secret"},
         )
         client.chat.completions.create(
-            model="gpt-4o-mini", messages=[{"role": "user", "content": "word " * 1000}]
+            model="gpt-4o-mini",
+            max_tokens=1000,
+            messages=[{"role": "user", "content": "word " * 1000}],
         )
         chunks = list(
-            client.chat.completions.create(model="gpt-4o-mini", messages=HELLO, stream=True)
+            client.chat.completions.create(
+                model="gpt-4o-mini", max_tokens=1000, messages=HELLO, stream=True
+            )
         )
         # The Responses API echoes `user` and `metadata` in its answer: redacted there too.
         client.responses.create(
             model="gpt-4o-mini",
+            max_output_tokens=1000,
             input="hi",
             user="alice@example.com",
             metadata={"customer": "ACME secret"},
         )
         OpenAI(api_key=quiet, base_url=proxy.v1, max_retries=0).chat.completions.create(
-            model="gpt-4o-mini", messages=HELLO, user="bob@example.com"
+            model="gpt-4o-mini", max_tokens=1000, messages=HELLO, user="bob@example.com"
         )
         records = records_for(secret, 4)
         [quiet_record] = records_for(quiet, 1)
@@ -570,8 +633,12 @@ def test_a_key_can_turn_body_logging_on_when_it_is_off_globally(e2e):
     loud = e2e.key(log_bodies=True)
     other = e2e.key("bob")
 
-    e2e.client(loud).chat.completions.create(model="gpt-4o-mini", messages=HELLO, user="u1")
-    e2e.client(other).chat.completions.create(model="gpt-4o-mini", messages=HELLO, user="u2")
+    e2e.client(loud).chat.completions.create(
+        model="gpt-4o-mini", max_tokens=1000, messages=HELLO, user="u1"
+    )
+    e2e.client(other).chat.completions.create(
+        model="gpt-4o-mini", max_tokens=1000, messages=HELLO, user="u2"
+    )
 
     [record] = records_for(loud, 1)
     assert json.loads(record.request_body)["user"] == "u1"

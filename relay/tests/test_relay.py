@@ -43,7 +43,7 @@ def test_chat_completion_is_relayed_and_priced_exactly(e2e):
     secret = e2e.key()
     client = e2e.client(secret)
 
-    reply = client.chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+    reply = client.chat.completions.create(model="gpt-4o-mini", max_tokens=1000, messages=HELLO)
 
     assert reply.choices[0].message.content
     assert reply.model == "gpt-4o-mini-2024-07-18"
@@ -70,7 +70,7 @@ def test_upstream_sees_the_real_key_and_never_the_users(e2e):
         secret, default_headers={"OpenAI-Organization": "org-evil", "OpenAI-Project": "proj-evil"}
     )
 
-    client.chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+    client.chat.completions.create(model="gpt-4o-mini", max_tokens=1000, messages=HELLO)
 
     seen = e2e.upstream.stats()["last_request"]["headers"]
     assert seen["authorization"] == f"Bearer {UPSTREAM_KEY}"
@@ -84,6 +84,7 @@ def test_cached_tokens_are_priced_at_the_cached_rate(e2e):
 
     reply = client.chat.completions.create(
         model="gpt-4o",
+        max_tokens=1000,
         messages=HELLO,
         extra_body={"fake": {"cached_tokens": 8, "reasoning_tokens": 3}},
     )
@@ -102,7 +103,11 @@ def test_streamed_chat_arrives_in_chunks_and_hides_the_usage_chunk(e2e):
 
     chunks = list(
         client.chat.completions.create(
-            model="gpt-4o-mini", messages=HELLO, stream=True, extra_body={"fake": {"chunks": 5}}
+            model="gpt-4o-mini",
+            max_tokens=1000,
+            messages=HELLO,
+            stream=True,
+            extra_body={"fake": {"chunks": 5}},
         )
     )
 
@@ -121,7 +126,11 @@ def test_streamed_chat_keeps_the_usage_chunk_for_clients_that_ask(e2e):
 
     chunks = list(
         client.chat.completions.create(
-            model="gpt-4o-mini", messages=HELLO, stream=True, stream_options={"include_usage": True}
+            model="gpt-4o-mini",
+            max_tokens=1000,
+            messages=HELLO,
+            stream=True,
+            stream_options={"include_usage": True},
         )
     )
 
@@ -161,9 +170,11 @@ def test_the_original_url_form_with_the_key_in_the_path(e2e):
     secret = e2e.key()
     client = e2e.client(secret, url_form="path")
 
-    reply = client.chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+    reply = client.chat.completions.create(model="gpt-4o-mini", max_tokens=1000, messages=HELLO)
     streamed = list(
-        client.chat.completions.create(model="gpt-4o-mini", messages=HELLO, stream=True)
+        client.chat.completions.create(
+            model="gpt-4o-mini", max_tokens=1000, messages=HELLO, stream=True
+        )
     )
 
     assert reply.choices[0].message.content and streamed
@@ -176,7 +187,7 @@ def test_a_spent_budget_is_refused_with_insufficient_quota(e2e):
 
     with pytest.raises(openai.RateLimitError) as refused:
         # Worst case of 4096 default output tokens at gpt-4o's $10/1M is over $0.00001.
-        client.chat.completions.create(model="gpt-4o", messages=HELLO)
+        client.chat.completions.create(model="gpt-4o", max_tokens=1000, messages=HELLO)
 
     assert refused.value.status_code == 429
     assert refused.value.code == "insufficient_quota"
@@ -232,17 +243,21 @@ def test_wrong_missing_and_revoked_keys_get_401(e2e):
 
     for api_key in ("sk-proxy-not-a-real-key-000000000000000000000", "not-even-a-proxy-key"):
         with pytest.raises(openai.AuthenticationError) as refused:
-            e2e.client(api_key).chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+            e2e.client(api_key).chat.completions.create(
+                model="gpt-4o-mini", max_tokens=1000, messages=HELLO
+            )
         assert refused.value.code == "invalid_api_key"
     code, _, payload = raw_post(f"{e2e.proxy.v1}/chat/completions", b"{}", {})
     assert code == 401 and payload["error"]["code"] == "invalid_api_key"
 
     secret = e2e.key()
     client = e2e.client(secret)
-    client.chat.completions.create(model="gpt-4o-mini", messages=HELLO)  # now cached by the server
+    client.chat.completions.create(
+        model="gpt-4o-mini", max_tokens=1000, messages=HELLO
+    )  # now cached by the server
     key_revoke(api_key=ApiKey.objects.get(key_hash=key_hash(secret)))
     with pytest.raises(openai.AuthenticationError):
-        client.chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+        client.chat.completions.create(model="gpt-4o-mini", max_tokens=1000, messages=HELLO)
 
 
 def test_unknown_paths_are_404_in_openai_shape(e2e):
@@ -261,6 +276,7 @@ def test_upstream_errors_pass_through_with_their_status_and_request_id(e2e):
     with pytest.raises(openai.InternalServerError) as failed:
         client.chat.completions.create(
             model="gpt-4o-mini",
+            max_tokens=1000,
             messages=HELLO,
             extra_body={
                 "fake": {"fail_status": 503, "fail_message": "overloaded", "retry_after": 3}
@@ -324,7 +340,7 @@ def test_legacy_028_sdk_with_api_base(e2e):
 
 def test_proxy_me_reports_limits_and_spend(e2e):
     secret = e2e.key(budget_usd="2", period="day", rpm=100)
-    e2e.client(secret).chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+    e2e.client(secret).chat.completions.create(model="gpt-4o-mini", max_tokens=1000, messages=HELLO)
     [record] = records_for(secret, 1)
 
     request = urllib.request.Request(
@@ -333,7 +349,7 @@ def test_proxy_me_reports_limits_and_spend(e2e):
     with urllib.request.urlopen(request, timeout=5) as resp:
         me = json.loads(resp.read())
 
-    assert me["limits"]["key"]["budget_usd"] == "2" and me["limits"]["key"]["rpm"] == 100
+    assert me["limits"]["key"]["budget_usd"] == "2.00" and me["limits"]["key"]["rpm"] == 100
     usage = me["usage"]["key"]
     assert usage["period"] == "day" and usage["requests"] == 1
     assert Decimal(usage["spent_usd"]) == record.cost_usd.quantize(Decimal("0.000001"))
@@ -348,6 +364,7 @@ def test_upstream_key_never_in_error_bodies(e2e):
     with pytest.raises(openai.BadRequestError) as failed:
         client.chat.completions.create(
             model="gpt-4o-mini",
+            max_tokens=1000,
             messages=HELLO,
             extra_body={
                 "fake": {"fail_status": 400, "fail_message": f"bad key {UPSTREAM_KEY} used"}

@@ -30,6 +30,13 @@ class Command(BaseCommand):
         parser.add_argument("--budget", type=_budget, help="budget in USD per period")
         parser.add_argument("--period", choices=Period.values, default=Period.TOTAL)
         parser.add_argument(
+            "--budget-mode",
+            choices=["strict", "estimate"],
+            default="",
+            help="what the budget does with a request whose cost it cannot bound (default: "
+            "the user's choice, else PROXY_BUDGET_MODE)",
+        )
+        parser.add_argument(
             "--models", default="", help="comma-separated allow-list (patterns like gpt-4o*)"
         )
         parser.add_argument("--rpm", type=int)
@@ -59,6 +66,7 @@ class Command(BaseCommand):
             expires_at=expires_at,
             budget_usd=options["budget"],
             period=options["period"],
+            budget_mode=options["budget_mode"],
             allowed_models=str(options["models"]),
             rpm=options["rpm"],
             tpm=options["tpm"],

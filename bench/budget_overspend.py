@@ -30,21 +30,9 @@ import openai  # noqa: E402
 
 from relay.management.commands.serve import uvicorn_command  # noqa: E402
 from tests.attacks import ATTACKS, send  # noqa: E402
-from tests.servers import _stop, _wait_http, free_port  # noqa: E402
+from tests.servers import _stop, _wait_http, free_port, manage  # noqa: E402
 
 UPSTREAM_KEY = "sk-bench-upstream"
-
-
-def _manage(env: dict[str, str], *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return done.stdout.strip()
 
 
 def _spent(url: str, secret: str) -> Decimal:
@@ -71,7 +59,7 @@ def main() -> None:
         "LOG_LEVEL": "WARNING",
         "SECRET_KEY": "bench",
     }
-    _manage(env, "migrate", "--noinput", "-v", "0")
+    manage(env, "migrate", "--noinput", "-v", "0")
     fake_port = free_port()
     fake = subprocess.Popen(
         [
@@ -103,9 +91,9 @@ def main() -> None:
             user = f"attacker-{n}"
             ctx = {}
             if attack.setup is not None:
-                free = _manage(env, "create_api_key", user).splitlines()[-1]
+                free = manage(env, "create_api_key", user).splitlines()[-1]
                 ctx = attack.setup(openai.OpenAI(api_key=free, base_url=f"{urls[0]}/v1"))
-            secret = _manage(
+            secret = manage(
                 env, "create_api_key", user, "--budget", str(attack.budget)
             ).splitlines()[-1]
             clients = [

@@ -13,8 +13,6 @@ import concurrent.futures
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from decimal import Decimal
@@ -25,7 +23,7 @@ import pytest
 from django.db.models import F
 
 from tests.e2e import records_for, wait_for
-from tests.servers import ROOT, running, start_proxy
+from tests.servers import manage, running, start_proxy
 
 HELLO = [{"role": "user", "content": "Say hello to the proxy"}]
 
@@ -223,18 +221,6 @@ def test_a_poison_record_among_a_hundred_others_loses_none_of_them(e2e):
 # -- the database restarts ----------------------------------------------------------------------
 
 
-def _manage(env: dict, *args: str) -> str:
-    out = subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return out.stdout
-
-
 def _pg_books(url: str) -> tuple[int, int, Decimal, Decimal, Decimal]:
     """(records, pending, Σ record cost, Σ key-ledger spent, Σ reserved) read directly."""
     import psycopg2
@@ -256,9 +242,9 @@ def _pg_books(url: str) -> tuple[int, int, Decimal, Decimal, Decimal]:
 def _key_on(private_postgres) -> str:
     """Migrate the private cluster, load prices, issue a $50 key on it; returns the key."""
     env = {**os.environ, "DATABASE_URL": private_postgres.url, "SECRET_KEY": "t"}
-    _manage(env, "migrate", "--noinput", "-v", "0")
-    _manage(env, "load_prices")
-    return _manage(env, "create_api_key", "pg-user", "--budget", "50").strip().splitlines()[-1]
+    manage(env, "migrate", "--noinput", "-v", "0")
+    manage(env, "load_prices")
+    return manage(env, "create_api_key", "pg-user", "--budget", "50").strip().splitlines()[-1]
 
 
 def test_a_postgresql_restart_mid_traffic_is_survived_without_a_process_restart(
@@ -612,7 +598,7 @@ def test_kill_9_is_healed_by_the_reap_command_with_no_relay_running(e2e, server_
     assert pending == 20
     env = {**os.environ, "DATABASE_URL": _database_url(), "SECRET_KEY": "t"}
     time.sleep(1)
-    out = _manage(env, "reap_reservations", "--stale-seconds", "0.5")
+    out = manage(env, "reap_reservations", "--stale-seconds", "0.5")
     assert out.startswith("ended 20 reservations"), out
     records = records_for(secret, 20)
     assert all(r.state == "reaped" for r in records)

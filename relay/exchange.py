@@ -26,7 +26,7 @@ from keys.selectors import KeyInfo
 from keys.services import Reservation
 from relay import lifecycle, recording
 from relay.metering import BuiltinTools
-from relay.protocol import responses_tool_calls
+from relay.protocol import responses_tool_calls, server_tool_calls
 from relay.tokens import count_text
 from usage.models import RecordState, UsageRecord
 from usage.pricing import FREE_TIERS, Price, PriceBook, TokenUsage
@@ -203,12 +203,14 @@ class Exchange:
         if usage is None and estimated_text is not None:
             # Upstream sent no usage (cut stream, client gone): count what was sent and
             # streamed, and say so on the record.
+            # Each built-in tool call that ran started another turn, billed the prompt again.
+            turns = 1 + server_tool_calls(output)
             usage = TokenUsage(
-                prompt=self.prompt_estimate,
+                prompt=self.prompt_estimate * turns,
                 completion=count_text(estimated_text, response_model or self.model),
             )
             estimated = True
-        if usage is not None and status < 400:
+        if usage is not None:  # tool calls that ran are billed, also when the client left
             usage = self._with_tool_calls(usage, output, partial_images)
         tier = service_tier or self.requested_tier
         cost: Decimal | None = Decimal(0)

@@ -39,21 +39,54 @@ AUDIO_INPUT_TOKENS_PER_SECOND = 10
 _MIN_AUDIO_BYTES_PER_SECOND = 1000
 
 
-def data_url_bytes(url: object) -> bytes | None:
-    """The decoded payload of a `data:…;base64,` URL, else None."""
-    if not isinstance(url, str) or not url.startswith("data:"):
-        return None
-    _, _, payload = url.partition(",")
-    return b64_bytes(payload)
+# Enough of an image to find its size (a JPEG's frame header may follow 64 kB of EXIF).
+_IMAGE_HEAD_BYTES = 96 * 1024
 
 
-def b64_bytes(payload: object) -> bytes | None:
-    if not isinstance(payload, str):
+def _payload(value: object) -> str | None:
+    """The base64 text of a `data:…;base64,` URL or of bare base64, else None."""
+    if not isinstance(value, str):
         return None
+    if value.startswith("data:"):
+        _, _, value = value.partition(",")
+    return value
+
+
+def b64_bytes(payload: object, limit: int | None = None) -> bytes | None:
+    """Decoded base64 (its first `limit` bytes only, when given: a header needs no more)."""
+    text = _payload(payload)
+    if text is None:
+        return None
+    if limit is not None:
+        text = text[: (limit // 3 + 1) * 4]
     try:
-        return base64.b64decode(payload, validate=False)
+        return base64.b64decode(text + "=" * (-len(text) % 4), validate=False)
     except (binascii.Error, ValueError):
         return None
+
+
+def data_size(payload: object) -> int | None:
+    """How many bytes a base64 payload (or data URL) decodes to, without decoding it."""
+    text = _payload(payload)
+    if text is None or (isinstance(payload, str) and "://" in payload[:16]):
+        return None
+    text = text.rstrip("=\n\r ")
+    return len(text) * 3 // 4
+
+
+def is_pdf(payload: object) -> bool:
+    head = b64_bytes(payload, limit=8) or b""
+    return head.startswith(b"%PDF") or (
+        isinstance(payload, str) and payload.startswith("data:application/pdf")
+    )
+
+
+def data_url_image_size(url: object) -> tuple[int, int] | None:
+    """An inline image's (width, height) from its header; None for a URL or a non-image."""
+    if not isinstance(url, str) or not url.startswith("data:"):
+        return None
+    head = b64_bytes(url, limit=_IMAGE_HEAD_BYTES)
+    return image_size(head) if head else None
 
 
 def image_size(data: bytes) -> tuple[int, int] | None:
@@ -135,34 +168,35 @@ def image_tokens(model: str, size: tuple[int, int] | None, detail: object) -> in
     )
 
 
-def wav_seconds(data: bytes) -> float | None:
-    """A WAV clip's length from its header (data chunk bytes ÷ byte rate), else None."""
-    if data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+def wav_seconds(head: bytes, size: int) -> float | None:
+    """A WAV clip's length as a decoder plays it: its samples (the bytes after the header,
+    as many as were sent) ÷ (sample rate × channels × bytes per sample). The header's own
+    byte rate is not trusted. None if `head` is not a WAV header a decoder would take."""
+    if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
         return None
-    i, byte_rate = 12, 0
-    while i + 8 <= len(data):
-        chunk, size = data[i : i + 4], int.from_bytes(data[i + 4 : i + 8], "little")
-        if chunk == b"fmt " and i + 20 <= len(data):
-            byte_rate = int.from_bytes(data[i + 16 : i + 20], "little")
-        elif chunk == b"data":
-            if byte_rate <= 0:
+    i, rate = 12, 0
+    while i + 8 <= len(head):
+        chunk, length = head[i : i + 4], int.from_bytes(head[i + 4 : i + 8], "little")
+        if chunk == b"fmt " and i + 24 <= len(head):
+            channels = int.from_bytes(head[i + 10 : i + 12], "little")
+            sample_rate = int.from_bytes(head[i + 12 : i + 16], "little")
+            bits = int.from_bytes(head[i + 22 : i + 24], "little")
+            if not (
+                1 <= channels <= 8 and 8_000 <= sample_rate <= 384_000 and bits in (8, 16, 24, 32)
+            ):
                 return None
-            # A streamed WAV may say 0 or 0xFFFFFFFF: trust the bytes actually sent.
-            actual = len(data) - (i + 8)
-            return min(size, actual) / byte_rate if 0 < size < 0xFFFFFFFF else actual / byte_rate
-        i += 8 + size + (size & 1)
+            rate = sample_rate * channels * bits // 8
+        elif chunk == b"data":
+            return (size - (i + 8)) / rate if rate else None
+        i += 8 + length + (length & 1)
     return None
 
 
-def audio_input_tokens(data: bytes) -> int:
-    """The most audio tokens a clip is billed: its WAV length, else its size at the lowest
-    bitrate (so any compressed clip is bounded, if generously)."""
-    seconds = wav_seconds(data)
+def audio_input_tokens(payload: object) -> int:
+    """The most audio tokens a base64 clip is billed: its WAV length, else its size at the
+    lowest bitrate (so any compressed clip is bounded, if generously)."""
+    size = data_size(payload) or 0
+    seconds = wav_seconds(b64_bytes(payload, limit=4096) or b"", size)
     if seconds is None:
-        seconds = len(data) / _MIN_AUDIO_BYTES_PER_SECOND
+        seconds = size / _MIN_AUDIO_BYTES_PER_SECOND
     return math.ceil(seconds * AUDIO_INPUT_TOKENS_PER_SECOND) + 1
-
-
-def file_tokens(data: bytes) -> int:
-    """A file's input tokens are at most its size: a token is at least one byte of text."""
-    return len(data)

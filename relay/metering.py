@@ -14,14 +14,13 @@ PROXY_DEFAULT_TOOL_CALLS, TOOL_RESULT_TOKENS) and listed in `Sizing.assumed`.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 from typing import Any
 
 import orjson
 from django.conf import settings
 
 from relay import media
-from relay.tokens import count_chat_prompt, count_input, count_text
+from relay.tokens import count_input, count_text
 from usage.pricing import Ceiling
 
 # Metered POST endpoints and the kind of body each takes.
@@ -60,7 +59,11 @@ _SERVER_TOOLS = (
 _MEMORY = ("1g", "4g", "16g", "64g")
 _IMAGE_SIZES = ("1024x1024", "1024x1536", "1536x1024")
 _IMAGE_QUALITIES = ("low", "medium", "high")
-_WALK_DEPTH = 64
+# Deepest nesting of lists and objects a metered body may have (400 beyond): far more than
+# any real request (OpenAI allows 10 levels in a structured-output schema), far less than
+# what re-encoding or tokenising could choke on.
+MAX_NESTING = 64
+_WALK_DEPTH = MAX_NESTING
 
 
 class Refused(Exception):
@@ -171,92 +174,138 @@ def _json_tokens(value: object, model: str) -> int:
     return count_text(orjson.dumps(value).decode(), model)
 
 
-def text_tokens(kind: str, body: dict[str, Any], model: str) -> int:
-    """The prompt's text as OpenAI counts it, with tool definitions and schemas."""
-    if kind == "chat":
-        tokens = count_chat_prompt(body.get("messages"), model)
-        tools = body.get("tools") or body.get("functions")
-        if isinstance(tools, list):
-            tokens += _json_tokens(tools, model) + TOOL_OVERHEAD_TOKENS * len(tools)
-        schema = body.get("response_format")
-        if isinstance(schema, dict) and schema.get("type") == "json_schema":
-            tokens += _json_tokens(schema, model) + TOOL_OVERHEAD_TOKENS
-        return tokens
-    if kind == "completion":
-        return count_input(body.get("prompt"), model)
-    if kind in ("embedding", "moderation"):
-        return count_input(body.get("input"), model)
-    # responses
-    tokens = count_input(body.get("input"), model) + count_text(
-        str(body.get("instructions") or ""), model
-    )
-    tools = body.get("tools")
-    if isinstance(tools, list):
-        tokens += _json_tokens(tools, model) + TOOL_OVERHEAD_TOKENS * len(tools)
-    text = body.get("text")
-    if isinstance(text, dict) and isinstance(text.get("format"), dict):
-        tokens += _json_tokens(text["format"], model) + TOOL_OVERHEAD_TOKENS
-    return tokens
+# Parts whose payload is not text: bounded by their own rules (relay.media), never tokenised
+# as text. The keys that hold the payload are left out of the text walk.
+_IMAGE_PARTS = ("image_url", "input_image", "computer_screenshot")
+_PAYLOAD_KEYS = {
+    "image_url": ("image_url",),
+    "input_image": ("image_url",),
+    "computer_screenshot": ("image_url",),
+    "input_audio": ("input_audio", "data"),
+    "input_file": ("file_data",),
+    "file": ("file",),
+    "image_generation_call": ("result",),
+    "reasoning": ("encrypted_content",),
+}
+# Input that refers to what the proxy cannot see or measure: bounded by the model's context.
+_UNSEEN = {
+    "item_reference": "an item_reference",
+    "image_generation_call": "an image generation call sent back as input",
+}
+MESSAGE_OVERHEAD_TOKENS = 4  # <|start|>role<|message|>…<|end|>, and a name
+REPLY_PRIMING_TOKENS = 3
 
 
-def _parts(value: object) -> Iterator[dict[str, Any]]:
-    """Every typed part in a body (message content, Responses input items, tool outputs),
-    walked without recursion and to a fixed depth, so no nesting can exhaust the stack."""
+@dataclasses.dataclass
+class _Input:
+    text: list[str] = dataclasses.field(default_factory=list)
+    items: int = 0  # messages and items, each with its framing
+    media: int = 0  # tokens billed as text input (images, files)
+    audio: int = 0
+    unseen: str = ""  # what the proxy cannot know the size of
+
+
+def _walk_input(value: object, model: str) -> _Input:
+    """Everything a prompt (chat messages, a Responses input, instructions) is billed for:
+    every string in it (message text, tool calls and their outputs, summaries: OpenAI bills
+    them all as input), images, audio and files by their rules, and what cannot be seen.
+    Walked without recursion, to a fixed depth (deeper bodies are refused beforehand)."""
+    found = _Input()
     stack: list[tuple[object, int]] = [(value, 0)]
     while stack:
         item, depth = stack.pop()
         if depth > _WALK_DEPTH:
             continue
-        if isinstance(item, dict):
-            if isinstance(item.get("type"), str):
-                yield item
-            for child in item.values():
-                if isinstance(child, (dict, list)):
-                    stack.append((child, depth + 1))
-        elif isinstance(item, list):
+        if isinstance(item, str):
+            found.text.append(item)
+            continue
+        if isinstance(item, list):
             stack.extend((child, depth + 1) for child in item)
-
-
-@dataclasses.dataclass
-class _Media:
-    tokens: int = 0  # billed as text input (images, files)
-    audio: int = 0
-    unseen: str = ""  # a part whose size the proxy cannot know
-
-
-def _media(parts: object, model: str) -> _Media:
-    found = _Media()
-    for part in _parts(parts):
-        kind = part["type"]
-        if kind in ("image_url", "input_image"):
-            url = part.get("image_url")
-            detail = part.get("detail")
-            if isinstance(url, dict):  # chat: {"url": ..., "detail": ...}
-                detail = url.get("detail")
-                url = url.get("url")
-            if part.get("file_id") is not None:
-                raise _owned_file("image")
-            data = media.data_url_bytes(url)
-            size = media.image_size(data) if data else None
-            found.tokens += media.image_tokens(model, size, detail)
-        elif kind == "input_audio":
-            audio = part.get("input_audio") if isinstance(part.get("input_audio"), dict) else part
-            data = media.b64_bytes(audio.get("data")) or b""
-            found.audio += media.audio_input_tokens(data)
-        elif kind == "input_file" or (kind == "file" and isinstance(part.get("file"), dict)):
-            file = part.get("file") if kind == "file" else part
-            if file.get("file_id") is not None:
-                raise _owned_file("file")
-            data = media.data_url_bytes(file.get("file_data"))
-            if data is None and isinstance(file.get("file_data"), str):
-                data = media.b64_bytes(file["file_data"])
-            if data is not None:
-                found.tokens += media.file_tokens(data)
-            else:
-                found.unseen = "an input_file given by URL"
-        elif kind == "item_reference":
-            found.unseen = "an item_reference"
+            continue
+        if not isinstance(item, dict):
+            continue
+        kind = item.get("type") if isinstance(item.get("type"), str) else ""
+        if "role" in item or depth <= 1:
+            found.items += 1
+        skip = _PAYLOAD_KEYS.get(kind, ())
+        if kind in _IMAGE_PARTS or kind in ("input_audio", "input_file", "file"):
+            _measure(item, kind, model, found)
+        if kind in _UNSEEN:
+            found.unseen = found.unseen or _UNSEEN[kind]
+        if kind == "reasoning" and item.get("encrypted_content"):
+            found.unseen = found.unseen or "encrypted reasoning items"
+        audio = item.get("audio")
+        if "role" in item and isinstance(audio, dict) and audio.get("id"):
+            found.unseen = found.unseen or "an earlier answer's audio (audio.id)"
+        for key, child in item.items():
+            if key in skip or key == "type":
+                continue
+            if isinstance(child, str):
+                if not child.startswith("data:"):
+                    found.text.append(child)
+            elif isinstance(child, (dict, list)):
+                stack.append((child, depth + 1))
     return found
+
+
+def _measure(part: dict[str, Any], kind: str, model: str, found: _Input) -> None:
+    """One image, clip or file: its most tokens by relay.media's rules."""
+    if kind in _IMAGE_PARTS:
+        url = part.get("image_url")
+        detail = part.get("detail")
+        if isinstance(url, dict):  # chat: {"url": ..., "detail": ...}
+            detail = url.get("detail")
+            url = url.get("url")
+        if part.get("file_id") is not None:
+            raise _owned_file("image")
+        found.media += media.image_tokens(model, media.data_url_image_size(url), detail)
+    elif kind == "input_audio":
+        audio = part.get("input_audio") if isinstance(part.get("input_audio"), dict) else part
+        found.audio += media.audio_input_tokens(audio.get("data"))
+    else:  # input_file (Responses) or file (chat)
+        file = part.get("file") if kind == "file" and isinstance(part.get("file"), dict) else part
+        if file.get("file_id") is not None:
+            raise _owned_file("file")
+        data = file.get("file_data")
+        size = media.data_size(data)
+        if size is None:
+            found.unseen = found.unseen or "an input_file given by URL"
+        elif media.is_pdf(data):
+            # OpenAI bills a PDF's text and an image of each page: more than its bytes.
+            found.unseen = found.unseen or "a PDF (its text and an image of each page)"
+        else:
+            found.media += size  # a token is at least one byte of text
+
+
+def text_tokens(kind: str, body: dict[str, Any], model: str) -> int:
+    """Prompt text of the kinds without media (completions, embeddings, moderations)."""
+    if kind == "completion":
+        return count_input(body.get("prompt"), model)
+    return count_input(body.get("input"), model)
+
+
+def _prompt(kind: str, body: dict[str, Any], model: str) -> tuple[int, _Input]:
+    """(text tokens, what the walk found) of a chat or Responses prompt, with tool
+    definitions and schemas."""
+    if kind == "chat":
+        found = _walk_input(body.get("messages"), model)
+        definitions: list[object] = [body.get("tools") or body.get("functions")]
+        schema = body.get("response_format")
+        if isinstance(schema, dict) and schema.get("type") == "json_schema":
+            definitions.append(schema)
+    else:
+        found = _walk_input([body.get("input"), body.get("instructions")], model)
+        text = body.get("text")
+        definitions = [body.get("tools")]
+        if isinstance(text, dict) and isinstance(text.get("format"), dict):
+            definitions.append(text["format"])
+    tokens = count_text("\n".join(found.text), model)
+    tokens += MESSAGE_OVERHEAD_TOKENS * found.items + REPLY_PRIMING_TOKENS
+    for definition in definitions:
+        if definition:
+            many = len(definition) if isinstance(definition, list) else 1
+            tokens += _json_tokens(definition, model) + TOOL_OVERHEAD_TOKENS * many
+    return tokens, found
 
 
 def _owned_file(what: str) -> Refused:
@@ -266,6 +315,28 @@ def _owned_file(what: str) -> Refused:
         f"'file_id': send it inline (a base64 data URL).",
         param="file_id",
         code="unsupported_parameter",
+    )
+
+
+def too_deep(value: object, limit: int = MAX_NESTING) -> bool:
+    """Whether a parsed body nests lists and objects deeper than `limit` (walked without
+    recursion, so the check itself cannot exhaust the stack)."""
+    stack: list[tuple[object, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values() if isinstance(v, (dict, list)))
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item if isinstance(v, (dict, list)))
+    return False
+
+
+def tools_of_kind(body: dict[str, Any], kind: str) -> bool:
+    tools = body.get("tools")
+    return isinstance(tools, list) and any(
+        isinstance(t, dict) and t.get("type") == kind for t in tools
     )
 
 
@@ -329,20 +400,20 @@ def size_request(
             raise Refused(message, param=param, code="missing_required_parameter")
         assumed.append(default_note)
 
-    text = text_tokens(kind, body, model)
-    found = (
-        _media(body.get("messages") if kind == "chat" else body.get("input"), model)
-        if (kind in ("chat", "responses"))
-        else _Media()
-    )
+    if kind in ("chat", "responses"):
+        text, found = _prompt(kind, body, model)
+    else:
+        text, found = text_tokens(kind, body, model), _Input()
     if kind == "responses" and isinstance(body.get("prompt"), dict):
         found.unseen = found.unseen or "a stored prompt template ('prompt')"
+    if kind == "responses" and tools_of_kind(body, "mcp"):
+        found.unseen = found.unseen or "the tool list an MCP server sends"
     if search_model:
         found.unseen = found.unseen or "the web search results a search model reads"
     if history is None:
         found.unseen = found.unseen or "a previous response whose usage is not recorded yet"
         history = 0
-    per_turn = text + found.tokens + history
+    per_turn = text + found.media + history
     if found.unseen:
         if max_input is not None:
             per_turn = max_input
@@ -444,7 +515,7 @@ def size_request(
             param="n" if choices_of(body) > 1 else None,
             code="request_too_large",
         )
-    prompt = text + found.tokens + found.audio + history
+    prompt = text + found.media + found.audio + history
     return Sizing(
         ceiling=ceiling,
         tools=tools,

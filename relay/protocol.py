@@ -76,6 +76,22 @@ def responses_tool_calls(output: object, tools: BuiltinTools) -> dict[str, int]:
     return calls
 
 
+_SERVER_CALLS = (
+    "web_search_call",
+    "file_search_call",
+    "code_interpreter_call",
+    "image_generation_call",
+    "mcp_call",
+)
+
+
+def server_tool_calls(output: object) -> int:
+    """How many server-side tool calls an answer's output items show."""
+    if not isinstance(output, list):
+        return 0
+    return sum(1 for item in output if isinstance(item, dict) and item.get("type") in _SERVER_CALLS)
+
+
 def loads(data: bytes) -> Any:
     try:
         return orjson.loads(data)

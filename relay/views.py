@@ -38,7 +38,16 @@ from relay.admission import grant, refuse
 from relay.auth import authenticate
 from relay.database import UNAVAILABLE, in_db_thread
 from relay.exchange import Exchange, response_owner
-from relay.metering import METERED, PATH_OF, Refused, bad_integer, output_maximum, size_request
+from relay.metering import (
+    MAX_NESTING,
+    METERED,
+    PATH_OF,
+    Refused,
+    bad_integer,
+    output_maximum,
+    size_request,
+    too_deep,
+)
 from relay.protocol import (
     ChatStream,
     ResponsesStream,
@@ -308,6 +317,16 @@ async def _parse_metered(
                 "We could not parse the JSON body of your request. The body must be a JSON object.",
             ),
             "invalid_json",
+        )
+    if too_deep(body):
+        return refuse(
+            ex,
+            errors.openai_error(
+                400,
+                f"The request body nests lists and objects more than {MAX_NESTING} levels deep.",
+                code="nesting_too_deep",
+            ),
+            "nesting_too_deep",
         )
     model = body.get("model")
     if kind == "moderation" and model is None:

@@ -71,8 +71,13 @@ class ModelPrice(models.Model):
     audio_cached_input_per_1m = models.DecimalField("audio cached input", **PRICE)
     deprecation_date = models.DateField(null=True, blank=True)
     max_input_tokens = models.PositiveIntegerField(null=True, blank=True)
+    # A database default too: a process of the previous release still loading prices while
+    # `migrate` runs inserts rows without it.
     source = models.CharField(
-        max_length=300, blank=True, help_text="Where this price was read (a URL or a document)."
+        max_length=300,
+        blank=True,
+        db_default="",
+        help_text="Where this price was read (a URL or a document).",
     )
     source_date = models.DateField(null=True, blank=True, help_text="When it was read there.")
 
@@ -174,13 +179,15 @@ class UsageRecord(models.Model):
     # that must say which price applied), and the built-in tool calls billed per call.
     # No database constraint: the relay prices from a cached table, and a row deleted
     # meanwhile must never fail the reservation that writes this (the admin still refuses to
-    # delete a row records point at).
+    # delete a row records point at). No index either: adding one to the largest table would
+    # hold its lock through a rolling deploy, and nothing looks records up by price.
     price = models.ForeignKey(
         ModelPrice,
         null=True,
         blank=True,
         on_delete=models.PROTECT,
         db_constraint=False,
+        db_index=False,
         related_name="+",
     )
     tool_calls = models.JSONField(

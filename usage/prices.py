@@ -32,9 +32,23 @@ class PriceLoadResult:
     created: int = 0
     unchanged: int = 0
     changed: int = 0
+    kept: int = 0  # differs from the file, but the table's row is newer or the operator's
 
     def __str__(self) -> str:
-        return f"{self.created} new, {self.changed} changed, {self.unchanged} unchanged"
+        text = f"{self.created} new, {self.changed} changed, {self.unchanged} unchanged"
+        if self.kept:
+            text += f", {self.kept} kept as edited (the file's row is not newer)"
+        return text
+
+
+def _file_wins(file_date: dt.date | None, row_date: dt.date | None) -> bool:
+    """Whether a file's row replaces the table's, when they differ. A file without dates
+    (an operator's own) always does. Otherwise only a newer reading of the source does: a
+    row edited in the admin, or added there (no date), survives every start (`make run`
+    loads the shipped files each time)."""
+    if file_date is None:
+        return True
+    return row_date is not None and file_date > row_date
 
 
 def _decimal(text: str | None) -> Decimal | None:
@@ -79,7 +93,8 @@ def prices_load(
 ) -> PriceLoadResult:
     """Load a price file (the shipped one by default). A model whose price differs from the
     one in force gets a new row from `effective_from` (now by default), so past records keep
-    the price they were billed at; a model seen for the first time is priced from always."""
+    the price they were billed at, unless the row in force was edited in the admin and the
+    file's is no newer (`_file_wins`); a model seen for the first time is priced from always."""
     when = effective_from or timezone.now()
     result = PriceLoadResult()
     for line in _rows(path, ("model", "input_per_1m")):
@@ -107,6 +122,8 @@ def prices_load(
                 current.source, current.source_date = extra["source"], extra["source_date"]
                 current.save(update_fields=["source", "source_date"])
             result.unchanged += 1
+        elif not _file_wins(extra["source_date"], current.source_date):
+            result.kept += 1
         else:
             ModelPrice.objects.update_or_create(
                 model=model, effective_from=when, defaults={**rates, **extra}
@@ -118,8 +135,8 @@ def prices_load(
 
 @transaction.atomic
 def aliases_load(*, path: Path = SHIPPED_ALIASES) -> PriceLoadResult:
-    """Load a model-alias file. An alias the operator changed in the admin is left alone only
-    if the file does not name it; the file is the shipped truth for the names it holds."""
+    """Load a model-alias file; an alias changed in the admin is kept unless the file's row
+    is a newer reading of its source (see `_file_wins`)."""
     result = PriceLoadResult()
     for line in _rows(path, ("alias", "model")):
         fields = {
@@ -134,6 +151,8 @@ def aliases_load(*, path: Path = SHIPPED_ALIASES) -> PriceLoadResult:
             result.created += 1
         elif alias.model == fields["model"]:
             result.unchanged += 1
+        elif not _file_wins(fields["source_date"], alias.source_date):
+            result.kept += 1
         else:
             for name, value in fields.items():
                 setattr(alias, name, value)
@@ -173,6 +192,8 @@ def tool_prices_load(
             result.created += 1
         elif current.usd_per_call == usd:
             result.unchanged += 1
+        elif not _file_wins(extra["source_date"], current.source_date):
+            result.kept += 1
         else:
             ToolPrice.objects.update_or_create(
                 **ident, effective_from=when, defaults={"usd_per_call": usd, **extra}

@@ -212,7 +212,9 @@ class PriceBook:
         return (target, "alias") if target else (None, "unknown")
 
     def _alias_target(self, model: str) -> str | None:
-        target = self._aliases.get(model) or self._aliases.get(_DATED.sub("", model))
+        # The exact name only: a dated name is a snapshot of its own, perhaps at another
+        # price (gpt-4o-audio-preview-2024-10-01 is not the alias's 2025-06-03).
+        target = self._aliases.get(model)
         if target is None:
             return None
         if target in self._by_model:

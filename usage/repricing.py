@@ -115,11 +115,20 @@ def records_reprice(
     ledger_rows: dict = {}
     last = 0
     while True:
-        batch = list(records.filter(pk__gt=last)[:_BATCH])
-        if not batch:
+        ids = list(records.filter(pk__gt=last).values_list("pk", flat=True)[:_BATCH])
+        if not ids:
             return result
-        last = batch[-1].pk
+        last = ids[-1]
         with transaction.atomic():
+            # Read again under lock: a reaped record the relay completes meanwhile, or a
+            # second reprice run, waits here and then sees this one's cost (or this one
+            # sees theirs), so no difference is applied twice or computed from a stale cost.
+            batch = list(
+                UsageRecord.objects.completed()
+                .select_for_update()
+                .filter(pk__in=ids)
+                .order_by("pk")
+            )
             _reprice_batch(batch, book, model, dry_run, result, ledger_rows)
 
 

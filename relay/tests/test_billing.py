@@ -200,3 +200,33 @@ def test_conversations_and_files_by_id_are_refused_they_belong_to_the_shared_acc
         )
     assert file.value.param == "file_id"
     assert len(records_for(secret, 2)) == 2
+
+
+def test_tool_calls_of_a_stream_the_client_left_are_still_billed(e2e):
+    """A client that hangs up after an image was generated still owes the image."""
+    import httpx2 as httpx
+
+    secret = e2e.key()
+    body = {
+        "model": "gpt-4o",
+        "input": "draw a cat",
+        "stream": True,
+        "tools": [{"type": "image_generation", "quality": "high", "size": "1024x1536"}],
+        "max_tool_calls": 1,
+        "max_output_tokens": 50,
+        "fake": {"tool_calls": 1, "stall_after": 0},
+    }
+    with httpx.stream(
+        "POST",
+        f"{e2e.proxy.url}/v1/responses",
+        json=body,
+        headers={"Authorization": f"Bearer {secret}"},
+        timeout=30,
+    ) as response:
+        for line in response.iter_lines():
+            if "response.output_item.done" in line:
+                break  # the image is done; leave before the answer
+    [record] = records_for(secret, 1)
+    assert record.status_code == 499 and record.estimated
+    assert record.tool_calls == {"image_generation:gpt-image-1:high:1024x1536": 1}
+    assert record.cost_usd >= fee("image_generation", "gpt-image-1:high:1024x1536")

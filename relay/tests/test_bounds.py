@@ -114,14 +114,26 @@ def test_an_image_by_url_is_reserved_at_the_largest_image():
 # -- audio ----------------------------------------------------------------------------------
 
 
+def b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
+
+
 def test_a_wav_clip_is_bounded_by_its_length_at_ten_tokens_a_second():
-    assert media.wav_seconds(wav(2.5)) == 2.5
-    assert media.audio_input_tokens(wav(2.5)) == 26  # 25, and one for rounding
+    clip = wav(2.5)
+    assert media.wav_seconds(clip, len(clip)) == 2.5
+    assert media.audio_input_tokens(b64(clip)) == 26  # 25, and one for rounding
+
+
+def test_a_wav_header_lying_about_its_byte_rate_is_not_believed():
+    clip = bytearray(wav(60))  # 60 s at 16 kHz, 16 bit, mono
+    clip[28:32] = (0xFFFFFFFF).to_bytes(4, "little")  # the header's byte rate
+    clip[40:44] = (100).to_bytes(4, "little")  # and a data chunk "of 100 bytes"
+    assert media.audio_input_tokens(b64(bytes(clip))) == 601
 
 
 def test_a_compressed_clip_is_bounded_by_its_size_at_the_lowest_bitrate():
     clip = b"\xff\xfb" + b"\x00" * 9998  # 10 kB of "mp3": at most 10 s at 8 kbit/s
-    assert media.audio_input_tokens(clip) == 101
+    assert media.audio_input_tokens(b64(clip)) == 101
 
 
 def test_audio_input_is_reserved_apart_so_it_is_priced_at_audio_rates():
@@ -143,7 +155,7 @@ def test_audio_output_makes_every_output_token_an_audio_one():
 # -- files ----------------------------------------------------------------------------------
 
 
-def test_an_inline_file_is_bounded_by_its_size():
+def test_a_pdf_is_bounded_by_the_models_context_it_is_billed_an_image_per_page():
     pdf = b"%PDF-1.4\n" + b"x" * 991
     body = {
         "model": MODEL,
@@ -155,6 +167,27 @@ def test_an_inline_file_is_bounded_by_its_size():
                         "type": "input_file",
                         "filename": "a.pdf",
                         "file_data": data_url(pdf, "application/pdf"),
+                    }
+                ],
+            }
+        ],
+        "max_output_tokens": 10,
+    }
+    assert size(body, "responses", max_input=128_000).ceiling.input == 128_000
+
+
+def test_an_inline_file_is_bounded_by_its_size():
+    pdf = b"plain text notes " + b"x" * 983
+    body = {
+        "model": MODEL,
+        "input": [
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "input_file",
+                        "filename": "notes.txt",
+                        "file_data": data_url(pdf, "text/plain"),
                     }
                 ],
             }
@@ -280,3 +313,76 @@ def test_nesting_a_body_deeply_does_not_exhaust_the_stack():
         deep = [deep]
     body = {"model": MODEL, "messages": [{"role": "user", "content": deep}], "max_tokens": 5}
     assert size(body).ceiling.output == 5
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        {"type": "function_call_output", "call_id": "c1", "output": "lorem ipsum " * 2000},
+        {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "lorem ipsum " * 2000},
+        {
+            "type": "function_call_output",
+            "call_id": "c1",
+            "output": [{"type": "input_text", "text": "lorem ipsum " * 2000}],
+        },
+        {"type": "reasoning", "summary": [{"type": "summary_text", "text": "lorem ipsum " * 2000}]},
+    ],
+    ids=["tool output", "tool call", "tool output parts", "reasoning summary"],
+)
+def test_every_text_a_responses_input_carries_is_reserved(item):
+    body = {"model": MODEL, "input": [item], "max_output_tokens": 10}
+    assert size(body, "responses").ceiling.input >= 4000
+
+
+def test_a_legacy_function_call_in_chat_is_reserved():
+    body = {
+        "model": MODEL,
+        "messages": [
+            {
+                "role": "assistant",
+                "content": None,
+                "function_call": {"name": "f", "arguments": "lorem ipsum " * 2000},
+            },
+            {"role": "function", "name": "f", "content": "ok"},
+        ],
+        "max_tokens": 5,
+    }
+    assert size(body).ceiling.input >= 4000
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        {"type": "reasoning", "summary": [], "encrypted_content": "gAAAAB" + "x" * 400},
+        {"type": "image_generation_call", "id": "ig_1", "result": "iVBORw0KGgo" + "A" * 400},
+        {"type": "item_reference", "id": "msg_1"},
+    ],
+)
+def test_input_whose_size_the_proxy_cannot_see_is_bounded_by_the_context(item):
+    body = {"model": MODEL, "input": [item], "max_output_tokens": 10}
+    assert size(body, "responses", max_input=128_000).ceiling.input == 128_000
+
+
+def test_an_earlier_answers_audio_is_bounded_by_the_context():
+    body = {
+        "model": "gpt-4o-audio-preview",
+        "messages": [
+            {"role": "assistant", "audio": {"id": "audio_abc"}},
+            {"role": "user", "content": "and again"},
+        ],
+        "max_tokens": 5,
+    }
+    assert size(body, max_input=128_000).ceiling.input == 128_000
+
+
+def test_the_nesting_check_finds_deep_bodies_without_recursion():
+    from relay.metering import MAX_NESTING, too_deep
+
+    deep: object = "x"
+    for _ in range(100_000):
+        deep = [deep]
+    assert too_deep({"a": deep})
+    shallow: object = "x"
+    for _ in range(MAX_NESTING - 1):
+        shallow = {"k": shallow}
+    assert not too_deep(shallow)

@@ -97,6 +97,7 @@ class Migration(migrations.Migration):
             name="source",
             field=models.CharField(
                 blank=True,
+                db_default="",
                 help_text="Where this price was read (a URL or a document).",
                 max_length=300,
             ),
@@ -112,6 +113,7 @@ class Migration(migrations.Migration):
             field=models.ForeignKey(
                 blank=True,
                 db_constraint=False,
+                db_index=False,
                 null=True,
                 on_delete=django.db.models.deletion.PROTECT,
                 related_name="+",

@@ -161,6 +161,8 @@ def test_each_kind_of_call_is_priced_exactly(book, model, usage, tier, expected,
         ("gpt-4o-mini-audio-preview", "gpt-4o-mini-audio-preview-2024-12-17", "alias"),
         # Never a guess by prefix:
         ("o1-mini", None, "unknown"),  # not o1
+        # A snapshot of an alias is not the alias's snapshot (this one cost 2.5× more).
+        ("gpt-4o-audio-preview-2024-10-01", None, "unknown"),
         ("gpt-4o-mni", None, "unknown"),  # a typo is not gpt-4o
         ("gpt-4-32k", None, "unknown"),  # not gpt-4
         ("ft:gpt-4o-mini:acme::x", None, "unknown"),  # not the base model's price
@@ -237,3 +239,32 @@ def test_every_shipped_price_has_its_source_and_date(db):
         assert rows.exists()
         assert not rows.filter(source="").exists(), table.__name__
         assert not rows.filter(source_date__isnull=True).exists(), table.__name__
+
+
+def test_every_start_keeps_what_the_operator_edited_in_the_admin(db, tmp_path):
+    """`make run` loads the shipped files at each start: an edit made in the admin (a price,
+    an alias, a tool fee) survives it; a newer reading of the source replaces it."""
+    import io
+
+    from django.core.management import call_command
+
+    from usage.models import ModelAlias, ModelPrice, ToolPrice
+
+    ModelPrice.objects.filter(model="gpt-4o").update(input_per_1m=D("2.75"))
+    ModelAlias.objects.filter(alias="gpt-4-turbo-preview").update(model="gpt-4-1106-preview")
+    ToolPrice.objects.filter(tool="file_search").update(usd_per_call=D("0.003"))
+    out = io.StringIO()
+    call_command("load_prices", stdout=out)
+    assert "kept as edited" in out.getvalue()
+    assert ModelPrice.objects.filter(model="gpt-4o").get().input_per_1m == D("2.75")
+    assert ModelAlias.objects.get(alias="gpt-4-turbo-preview").model == "gpt-4-1106-preview"
+    assert ToolPrice.objects.get(tool="file_search").usd_per_call == D("0.003")
+
+    newer = tmp_path / "prices.csv"
+    newer.write_text(
+        "model,input_per_1m,cached_input_per_1m,output_per_1m,mode,source,source_date\n"
+        "gpt-4o,2.5,1.25,10,chat,openai.com/api/pricing,2027-01-05\n"
+    )
+    call_command("load_prices", str(newer), stdout=io.StringIO())
+    rows = ModelPrice.objects.filter(model="gpt-4o").order_by("effective_from")
+    assert [r.input_per_1m for r in rows] == [D("2.75"), D("2.5")]  # history kept, newer wins

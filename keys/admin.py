@@ -14,6 +14,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
+from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 from django.utils.html import format_html
@@ -63,6 +64,54 @@ def read_only_fields(model: type[Model], money: dict[str, str]) -> list[str]:
     return [money.get(field.name, field.name) for field in model._meta.fields]
 
 
+# Rows counted per kind on a delete page; past it the page says "100,000+".
+BILLING_COUNT_CAP = 100_000
+
+
+def billing_rows(owners: dict[type[Model], Any]) -> list[str]:
+    """The billing history that keeps `owners` (model -> its rows about to be deleted) from
+    being deleted: for each model pointing at them with on_delete=PROTECT (usage records,
+    daily rollups, ledger rows), how many rows, as "usage records: 1,204". Empty when nothing
+    stops the deletion.
+
+    Counted by one capped COUNT per kind: left to itself the admin would read, and list, every
+    protected row, a million records for a long-time user."""
+    pointing: dict[type[Model], Q] = {}
+    for model, rows in owners.items():
+        for relation in model._meta.related_objects:
+            if relation.on_delete is models.PROTECT:
+                condition = Q(**{f"{relation.field.name}__in": rows})
+                related = relation.related_model
+                pointing[related] = pointing.get(related, Q()) | condition
+    lines = []
+    for model, condition in pointing.items():
+        count = model._base_manager.filter(condition).order_by()[:BILLING_COUNT_CAP].count()
+        if count:
+            more = "+" if count == BILLING_COUNT_CAP else ""
+            lines.append(f"{model._meta.verbose_name_plural}: {count:,}{more}")
+    return lines
+
+
+class KeepsBillingHistory:
+    """A ModelAdmin mixin for keys and users: one with usage cannot be deleted (its records,
+    rollups and ledger rows PROTECT it), and the delete page says so, counts what it has and
+    says what to do instead, rather than listing every record or blaming permissions."""
+
+    delete_confirmation_template = "admin/keys/delete_confirmation.html"
+    delete_selected_confirmation_template = "admin/keys/delete_selected_confirmation.html"
+
+    def billing_owners(self, objs: Any) -> dict[type[Model], Any]:
+        raise NotImplementedError
+
+    def get_deleted_objects(self, objs: Any, request: HttpRequest) -> tuple:
+        kept = billing_rows(self.billing_owners(objs))
+        if kept:
+            # Django's delete view and "delete selected" action refuse while `protected` is
+            # not empty, on GET and on POST alike.
+            return [], {}, set(), kept
+        return super().get_deleted_objects(objs, request)
+
+
 class LimitsForm(forms.ModelForm):
     """Refuses a negative budget, which the model fields alone would take."""
 
@@ -94,7 +143,7 @@ class KeyStatusFilter(admin.SimpleListFilter):
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(admin.ModelAdmin):
+class ApiKeyAdmin(KeepsBillingHistory, admin.ModelAdmin):
     form = LimitsForm
     list_display = (
         "prefix",
@@ -147,6 +196,9 @@ class ApiKeyAdmin(admin.ModelAdmin):
     @admin.display(description="status")
     def status(self, obj: ApiKey) -> str:
         return obj.status
+
+    def billing_owners(self, objs: Any) -> dict[type[Model], Any]:
+        return {ApiKey: objs}
 
     def save_model(self, request: HttpRequest, obj: ApiKey, form: ModelForm, change: bool) -> None:
         data = form.cleaned_data
@@ -226,8 +278,12 @@ if admin.site.is_registered(User):
 
 
 @admin.register(User)
-class ProxyUserAdmin(UserAdmin):
+class ProxyUserAdmin(KeepsBillingHistory, UserAdmin):
     inlines = (UserLimitInline, ApiKeyInline)
+
+    def billing_owners(self, objs: Any) -> dict[type[Model], Any]:
+        # A user's keys would go with them (CASCADE), so what pins the keys pins the user.
+        return {User: objs, ApiKey: ApiKey.objects.filter(user__in=objs)}
 
 
 @admin.register(UserLimit)

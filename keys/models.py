@@ -188,9 +188,12 @@ class QuotaLedger(models.Model):
     moves only through the conditional UPDATEs in `keys.services`.
     """
 
-    api_key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.CASCADE)
+    # PROTECT: a ledger row is billing history, so it pins its key or user: neither can be
+    # deleted while it exists (revoke the key, deactivate the user). Nothing is detached
+    # either: a row with neither owner would break `ledger_key_xor_user` and bill nobody.
+    api_key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.PROTECT)
     user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT
     )
     period = models.CharField(max_length=8, choices=Period.choices)
     period_start = models.DateTimeField()

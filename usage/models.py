@@ -157,8 +157,12 @@ class UsageRecord(models.Model):
     objects = UsageRecordQuerySet.as_manager()
 
     created_at = models.DateTimeField(db_index=True)
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE)
-    api_key = models.ForeignKey(ApiKey, null=True, on_delete=models.SET_NULL)
+    # PROTECT: a record is billing history; its user and key cannot be deleted while it exists
+    # (deactivate the user, revoke the key), so every record keeps saying who spent what. The
+    # key may still be empty on records whose key was deleted before this rule (`key_prefix`
+    # names it).
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT)
+    api_key = models.ForeignKey(ApiKey, null=True, on_delete=models.PROTECT)
     key_prefix = models.CharField(max_length=24)
     endpoint = models.CharField(max_length=64)
     model = models.CharField("requested model", max_length=120, blank=True)
@@ -273,8 +277,9 @@ class UsageDaily(models.Model):
     """Per user × key × model × UTC day totals, updated in the transaction that adds a record."""
 
     day = models.DateField()
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE)
-    api_key = models.ForeignKey(ApiKey, null=True, on_delete=models.SET_NULL)
+    # PROTECT, as on UsageRecord: the reports read these rows, not the records.
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT)
+    api_key = models.ForeignKey(ApiKey, null=True, on_delete=models.PROTECT)
     model = models.CharField(max_length=120, blank=True)
     requests = models.BigIntegerField(default=0)
     errors = models.BigIntegerField(default=0)

@@ -1,6 +1,8 @@
-"""CSV exports of usage records, streamed, for `GET /api/usage/?format=csv` and the admin.
+"""Every CSV the project writes: usage records, streamed, for `GET /api/usage/?format=csv` and
+the admin, and the dashboards' tables. All of it goes through `csv_text`, so every cell is
+written by `csv_cell`, which defuses spreadsheet formulas.
 
-Rows are made by the same serializer as the JSON list, so a CSV cell is the JSON value
+Records' rows are made by the same serializer as the JSON list, so a CSV cell is the JSON value
 written as text: null is empty, booleans are `true`/`false`, costs keep their decimal string.
 """
 
@@ -9,13 +11,14 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.core.handlers.asgi import ASGIRequest
 from django.db.models import QuerySet
-from django.http import HttpRequest, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.utils import timezone
 from rest_framework import serializers
 from rest_framework.renderers import BaseRenderer
@@ -52,6 +55,19 @@ def csv_text(rows: Iterable[Mapping[str, Any]], columns: list[str], *, header: b
     for row in rows:
         writer.writerow([csv_cell(row.get(c)) for c in columns])
     return out.getvalue()
+
+
+def csv_download(
+    rows: Iterable[Mapping[str, Any]], columns: list[str], *, filename: str
+) -> HttpResponse:
+    """A table small enough to build at once (a dashboard's) as a CSV download. The file name
+    may carry a username: only letters, digits, `.`, `_` and `-` of it are kept."""
+    response = HttpResponse(
+        csv_text(rows, columns, header=True), content_type="text/csv; charset=utf-8"
+    )
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", filename)
+    response["Content-Disposition"] = f'attachment; filename="{safe}"'
+    return response
 
 
 class CsvRenderer(BaseRenderer):

@@ -7,7 +7,6 @@ records. The CSV export writes exactly the rows of the table it sits under.
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import json
 from typing import Any
@@ -17,6 +16,7 @@ from django import forms
 from django.contrib.auth import get_user_model
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.decorators import login_required
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
@@ -24,6 +24,8 @@ from django.utils import timezone
 
 from keys.money import usd
 from usage.charts import daily_spend_chart, spend_bar_chart
+from usage.exports import csv_download
+from usage.filters import FIRST_DAY, LAST_DAY
 from usage.models import ROLLUP_SUMS
 from usage.selectors import (
     DashboardUsage,
@@ -45,8 +47,14 @@ CSV_GROUPS = ("model", "day", "user")
 class DateRangeForm(forms.Form):
     """The `from` / `to` query parameters (UTC days, both included); either may be left out."""
 
-    start = forms.DateField(required=False)
-    end = forms.DateField(required=False)
+    # Not the calendar's first or last day: the range's end becomes the next midnight, which
+    # past 9999-12-31 is an OverflowError (a 500).
+    start = forms.DateField(
+        required=False, validators=[MinValueValidator(FIRST_DAY), MaxValueValidator(LAST_DAY)]
+    )
+    end = forms.DateField(
+        required=False, validators=[MinValueValidator(FIRST_DAY), MaxValueValidator(LAST_DAY)]
+    )
 
     def __init__(self, query: dict[str, Any], *, today: dt.date) -> None:
         super().__init__({"start": query.get("from") or None, "end": query.get("to") or None})
@@ -177,20 +185,21 @@ def _render_csv(request: HttpRequest, subject: AbstractBaseUser | None) -> HttpR
         )
         rows = _table_rows(usage, group_by)
 
-    scope = subject.get_username() if subject else "everyone"
-    response = HttpResponse(content_type="text/csv; charset=utf-8")
-    response["Content-Disposition"] = (
-        f'attachment; filename="usage-{scope}-by-{group_by}-{start}-{end}.csv"'
-    )
-    writer = csv.writer(response)
-    writer.writerow([group_by, *ROLLUP_SUMS])
+    lines = []
     for row in rows:
-        values = {column: getattr(row, column) for column in ROLLUP_SUMS}
+        # A label is a model name as a client sent it, or a username: written through the
+        # exports' one writer, which defuses spreadsheet formulas.
+        line = {group_by: row.label, **{column: getattr(row, column) for column in ROLLUP_SUMS}}
         # Blank, not 0, when nothing was priced: the page says "unpriced" there too.
         unpriced_only = row.unpriced_requests and not row.cost_usd
-        values["cost_usd"] = "" if unpriced_only else usd(row.cost_usd)
-        writer.writerow([row.label, *values.values()])
-    return response
+        line["cost_usd"] = "" if unpriced_only else usd(row.cost_usd)
+        lines.append(line)
+    scope = subject.get_username() if subject else "everyone"
+    return csv_download(
+        lines,
+        [group_by, *ROLLUP_SUMS],
+        filename=f"usage-{scope}-by-{group_by}-{start}-{end}.csv",
+    )
 
 
 def _pretty_body(body: str) -> str:

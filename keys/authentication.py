@@ -1,7 +1,8 @@
 """Who is calling /api/: a proxy key as `Authorization: Bearer`, beside session and Basic logins.
 
 A proxy key is a key, not a login: it always sees its own user's data only, even when that
-user is staff (`staff_login`), so a leaked key never opens anyone else's usage.
+user is staff (`staff_login`), so a leaked key never opens anyone else's usage. A Basic login
+is a login: its failures count towards the lockout (proxyserver.login_lockout).
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.utils import timezone
+from drf_spectacular.authentication import BasicScheme
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
-from rest_framework import exceptions
+from rest_framework import authentication, exceptions
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 from rest_framework.permissions import BasePermission
 
@@ -74,6 +76,21 @@ class ProxyKeyAuthentication(BaseAuthentication):
         return f'{self.keyword} realm="api"'
 
 
+class BasicAuthentication(authentication.BasicAuthentication):
+    """DRF's HTTP Basic, with its failures counted and its lockouts answered by django-axes."""
+
+    def authenticate_credentials(
+        self, userid: str, password: str, request: Request | None = None
+    ) -> tuple[AbstractBaseUser, None]:
+        # DRF passes its own Request to authenticate(). Axes marks a lockout on the object it
+        # is given, and AxesMiddleware, which answers it, only sees Django's HttpRequest; axes
+        # also reads the form body from it, which on DRF's Request parses JSON and raises on a
+        # malformed body before the failure is counted. So axes gets Django's request.
+        return super().authenticate_credentials(
+            userid, password, getattr(request, "_request", request)
+        )
+
+
 def staff_login(request: Request) -> bool:
     """A staff member logged in with a password (session or Basic), not through a proxy key."""
     return bool(request.user and request.user.is_staff) and not isinstance(request.auth, KeyInfo)
@@ -95,6 +112,12 @@ class ApiAuthMixin:
     def get_authenticate_header(self, request: Request) -> str | None:
         challenges = [a.authenticate_header(request) for a in self.get_authenticators()]
         return ", ".join(c for c in challenges if c) or None
+
+
+class BasicLoginScheme(BasicScheme):
+    """Our Basic is DRF's Basic in the OpenAPI schema (extensions match the exact class)."""
+
+    target_class = BasicAuthentication
 
 
 class ProxyKeyScheme(OpenApiAuthenticationExtension):

@@ -5,6 +5,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PORT ?= 8000
 DEMO_UPSTREAM_PORT ?= 8765
+# The demo's own database (known passwords, a live key): never the one `make run` serves.
+DEMO_DATABASE_URL ?= sqlite:///var/demo.sqlite3
 
 .PHONY: run test demo bench lint format clean
 
@@ -23,7 +25,8 @@ $(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
 	.venv-legacy/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-legacy.txt
 	@touch $@
 
-## run: install, migrate (SQLite unless DATABASE_URL), load prices, make the admin, serve on $PORT
+## run: install, migrate (SQLite unless DATABASE_URL), load prices, make the admin (its password is
+## ADMIN_PASSWORD when set), serve on $HOST:$PORT (HOST from the environment or .env: 127.0.0.1)
 run: $(VENV)/.runtime
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py load_prices
@@ -36,18 +39,10 @@ test: $(VENV)/.dev .venv-legacy/.installed
 	 else echo "browser tests: SKIPPED, Chromium is not installed (apt-get install chromium, or run .ci/run)"; fi
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-## demo: a fake OpenAI upstream, the proxy on it, a demo user and key: try it with no OpenAI key
+## demo: a fake OpenAI upstream, the proxy on it, a demo user and key: try it with no OpenAI key.
+## All on DEMO_DATABASE_URL; a second run reuses the key, and refuses (saying why) if a port is busy.
 demo: $(VENV)/.dev
-	$(PY) manage.py migrate --noinput
-	ADMIN_PASSWORD=$${ADMIN_PASSWORD:-admin} $(PY) manage.py ensure_admin
-	@$(PY) manage.py fake_openai --port $(DEMO_UPSTREAM_PORT) --key sk-demo-upstream & \
-	 upstream=$$!; trap "kill $$upstream" EXIT; \
-	 key=$$($(PY) manage.py create_api_key demo --budget 5 --period day --name demo 2>/dev/null | tail -n 1); \
-	 echo; echo "Demo key (user 'demo', \$$5 a day): $$key"; \
-	 echo "Try:  OPENAI_API_KEY=$$key OPENAI_BASE_URL=http://127.0.0.1:$(PORT)/v1 $(PY) -c \"from openai import OpenAI; print(OpenAI().chat.completions.create(model='gpt-4o-mini', max_completion_tokens=100, messages=[{'role':'user','content':'hi'}]).choices[0].message.content)\""; \
-	 $(PY) manage.py shell -c "from django.contrib.auth import get_user_model as users; u = users().objects.get(username='demo'); u.set_password('demo'); u.save()"; \
-	 echo "Dashboard: http://127.0.0.1:$(PORT)/dashboard/ (user demo / demo; admin: /admin/ as admin, password ADMIN_PASSWORD or 'admin')"; echo; \
-	 OPENAI_BASE_URL=http://127.0.0.1:$(DEMO_UPSTREAM_PORT)/v1 OPENAI_API_KEY=sk-demo-upstream $(PY) manage.py serve --port $(PORT)
+	@DATABASE_URL=$(DEMO_DATABASE_URL) $(PY) manage.py demo --port $(PORT) --upstream-port $(DEMO_UPSTREAM_PORT)
 
 ## bench: relay latency against the fake upstream, and the quota step's cost
 bench: $(VENV)/.dev

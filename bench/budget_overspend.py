@@ -49,6 +49,11 @@ def main() -> None:
     parser.add_argument("--database-url", default="")
     parser.add_argument("--cache-url", default="")
     parser.add_argument("--calls", type=int, default=20)
+    parser.add_argument(
+        "--budget",
+        type=Decimal,
+        help="one budget for every kind (default: each kind's, less than one call costs)",
+    )
     args = parser.parse_args()
     scratch = tempfile.mkdtemp(prefix="bench-overspend-")
     env = {
@@ -57,7 +62,7 @@ def main() -> None:
         "CACHE_URL": args.cache_url,
         "OPENAI_API_KEY": UPSTREAM_KEY,
         "LOG_LEVEL": "WARNING",
-        "SECRET_KEY": "bench",
+        "SECRET_KEY": "bench-secret-never-used-outside-the-benchmarks-0123456789",
     }
     manage(env, "migrate", "--noinput", "-v", "0")
     fake_port = free_port()
@@ -93,9 +98,8 @@ def main() -> None:
             if attack.setup is not None:
                 free = manage(env, "create_api_key", user).splitlines()[-1]
                 ctx = attack.setup(openai.OpenAI(api_key=free, base_url=f"{urls[0]}/v1"))
-            secret = manage(
-                env, "create_api_key", user, "--budget", str(attack.budget)
-            ).splitlines()[-1]
+            budget = args.budget or attack.budget
+            secret = manage(env, "create_api_key", user, "--budget", str(budget)).splitlines()[-1]
             clients = [
                 openai.OpenAI(api_key=secret, base_url=f"{u}/v1", max_retries=0, timeout=60)
                 for u in urls
@@ -105,7 +109,7 @@ def main() -> None:
                 outcomes = list(pool.map(lambda call: send(*call), calls))
             time.sleep(1.5)  # records are written just after the answers
             spent = _spent(urls[0], secret)
-            rows.append((attack.name, attack.budget, outcomes.count("ok"), spent))
+            rows.append((attack.name, budget, outcomes.count("ok"), spent))
     finally:
         for proc in proxies:
             _stop(proc)

@@ -103,7 +103,7 @@ def main() -> None:
         "CACHE_URL": args.cache_url,
         "OPENAI_API_KEY": UPSTREAM_KEY,
         "LOG_LEVEL": "WARNING",
-        "SECRET_KEY": "bench",
+        "SECRET_KEY": "bench-secret-never-used-outside-the-benchmarks-0123456789",
     }
     py = sys.executable
     subprocess.run(

@@ -57,6 +57,8 @@ class Command(BaseCommand):
                 raise CommandError(f"--expires: not an ISO 8601 date-time: {options['expires']!r}")
             if expires_at.tzinfo is None:
                 expires_at = expires_at.replace(tzinfo=dt.UTC)
+            # In UTC: Python takes offsets up to ±23:59, PostgreSQL only up to ±15:59.
+            expires_at = expires_at.astimezone(dt.UTC)
         for flag in ("rpm", "tpm", "max_concurrent", "token_limit", "request_limit"):
             if options[flag] is not None and int(options[flag]) < 1:  # type: ignore[arg-type]
                 raise CommandError(f"--{flag.replace('_', '-')} must be at least 1")

@@ -4,6 +4,7 @@ Also takes the original Flask proxy's flags and maps them onto this project's se
 an existing start script keeps working:
   -p PORT  -t DB_TYPE  -m DB_MODULE  -u DB_USERNAME  -w DB_PASSWORD  -b DB_HOST  -d DB_NAME
   -a API_KEY  -n ADMIN  -s ADMIN_PASS
+(`-b` stays the database host, as there; the address to listen on is `--host` or $HOST.)
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from urllib.parse import quote
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from proxyserver.secret_key import secret_key_refusal
 
 DB_SCHEMES = {
     "postgres": "postgres",
@@ -64,14 +67,20 @@ def uvicorn_command(
     ]  # fmt: skip
 
 
+def _loopback(host: str) -> bool:
+    return host == "localhost" or host.startswith("127.") or host in ("::1", "[::1]")
+
+
 class Command(BaseCommand):
-    help = "Serve the proxy (ASGI, uvicorn + uvloop + httptools) on 0.0.0.0:$PORT."
+    help = "Serve the proxy (ASGI, uvicorn + uvloop + httptools) on $HOST:$PORT."
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
             "-p", "--port", type=int, default=None, help="port (default $PORT or 8000)"
         )
-        parser.add_argument("--host", default="0.0.0.0")  # noqa: S104 (a server listens)
+        parser.add_argument(
+            "--host", default=None, help="address to listen on (default $HOST or 127.0.0.1)"
+        )
         parser.add_argument(
             "--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "1"))
         )
@@ -92,6 +101,10 @@ class Command(BaseCommand):
         parser.add_argument("--log-level", default="warning")
 
     def handle(self, *args: object, **options: object) -> None:
+        # Before any side effect (the old flags' migrate): the one line, not a worker's each.
+        refusal = secret_key_refusal()
+        if refusal is not None:
+            raise CommandError(refusal)
         env = dict(os.environ)
         setup_needed = False
         if options["db_type"]:
@@ -113,17 +126,21 @@ class Command(BaseCommand):
             setup_needed = True
         port = options["port"] or int(env.get("PORT") or settings.PORT)
         env["PORT"] = str(port)
+        host = str(options["host"] or settings.HOST)
+        env["HOST"] = host
         if setup_needed:
             # The original proxy created its tables and admin at start; do the same when its
             # flags name a database or an admin.
             manage = [sys.executable, str(settings.BASE_DIR / "manage.py")]
             for command in (["migrate", "--noinput"], ["ensure_admin"]):
                 subprocess.run([*manage, *command], env=env, check=True)  # noqa: S603
+        only_here = "; only this machine can connect (HOST=0.0.0.0 serves others)"
         self.stderr.write(
-            f"serving on http://{options['host']}:{port} (workers: {options['workers']})"
+            f"serving on http://{host}:{port} (workers: {options['workers']})"
+            + (only_here if _loopback(host) else "")
         )
         argv = uvicorn_command(
-            host=str(options["host"]),
+            host=host,
             port=port,
             workers=int(options["workers"]),  # type: ignore[arg-type]
             log_level=str(options["log_level"]),

@@ -21,13 +21,14 @@ from drf_spectacular.utils import (
     extend_schema_serializer,
 )
 from rest_framework import serializers, status
-from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.exceptions import NotFound, ParseError, ValidationError
 from rest_framework.pagination import PageNumberPagination
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from keys.authentication import ApiAuthMixin, IsStaffLogin, staff_login
-from keys.filters import ApiKeyFilter
+from keys.filters import BIGINT_MAX, ApiKeyFilter
 from keys.models import ApiKey, BudgetMode, Period, UserLimit
 from keys.money import usd
 from keys.services import LIMIT_FIELDS, key_issue, key_revoke, key_update_limits, user_limit_set
@@ -38,7 +39,20 @@ if TYPE_CHECKING:
 
 # Column bounds, so an oversized number is a 400 and never a database error.
 INT_MAX = 2**31 - 1
-BIGINT_MAX = 2**63 - 1
+
+
+class BoundedJSONParser(JSONParser):
+    """DRF's JSON parser, with nesting too deep for Python's parser (`[[[[…` ten thousand
+    deep: RecursionError, which is not a ValueError) answered 400 like any malformed body."""
+
+    def parse(self, stream: Any, media_type: str | None = None, parser_context: Any = None) -> Any:
+        try:
+            return super().parse(stream, media_type, parser_context)
+        except RecursionError:
+            raise ParseError("JSON parse error - nested too deeply.") from None
+
+
+PARSERS = [BoundedJSONParser, FormParser, MultiPartParser]
 
 
 class MoneyField(serializers.DecimalField):
@@ -179,8 +193,9 @@ def _visible_keys(request: Request) -> QuerySet[ApiKey]:
 
 
 def _visible_key(request: Request, key_id: int) -> ApiKey:
-    # Someone else's key answers 404, like a missing one: ids are not a way to probe.
-    api_key = _visible_keys(request).filter(pk=key_id).first()
+    # Someone else's key answers 404, like a missing one: ids are not a way to probe. An id
+    # past the column's range is missing too (the database would raise on it).
+    api_key = _visible_keys(request).filter(pk=key_id).first() if key_id <= BIGINT_MAX else None
     if api_key is None:
         raise NotFound("No such key.")
     return api_key
@@ -192,6 +207,8 @@ def _validation_error(exc: DjangoValidationError) -> ValidationError:
 
 class ApiKeysApi(ApiAuthMixin, APIView):
     """`GET` lists keys (staff: everyone's, others: their own); `POST` issues one (staff)."""
+
+    parser_classes = PARSERS
 
     pagination_class = PageNumberPagination
 
@@ -272,6 +289,8 @@ class ApiKeysApi(ApiAuthMixin, APIView):
 class ApiKeyApi(ApiAuthMixin, APIView):
     """`GET` one key, `PATCH` its limits (staff), `DELETE` revokes it (staff or its owner)."""
 
+    parser_classes = PARSERS
+
     @extend_schema_serializer(component_name="ApiKeyUpdateRequest")
     class UpdateInputSerializer(LimitsInputSerializer):
         name = serializers.CharField(max_length=100, required=False, allow_blank=True)
@@ -326,6 +345,8 @@ class ApiKeyApi(ApiAuthMixin, APIView):
 class UserLimitsApi(ApiAuthMixin, APIView):
     """A user's own limits, applied on top of each of their keys' limits (staff only)."""
 
+    parser_classes = PARSERS
+
     permission_classes = [IsStaffLogin]
 
     @extend_schema_serializer(component_name="UserLimits")
@@ -333,7 +354,12 @@ class UserLimitsApi(ApiAuthMixin, APIView):
         username = serializers.CharField()
 
     def _user(self, username: str) -> Any:
-        user = get_user_model().objects.filter(username=username).first()
+        # A NUL is in no username, and PostgreSQL refuses it in a query (a 500).
+        user = (
+            None
+            if "\x00" in username
+            else get_user_model().objects.filter(username=username).first()
+        )
         if user is None:
             raise NotFound("No such user.")
         return user

@@ -8,6 +8,19 @@ from django.utils import timezone
 
 from keys.models import ApiKey
 
+# The largest id a key can have (a bigint column on PostgreSQL, a 64-bit integer on SQLite).
+BIGINT_MAX = 2**63 - 1
+
+
+def key_id_or_none(value: str) -> int | None:
+    """A key id given as digits, or None when it cannot be one: too big for the column (which
+    the database answers with an error, not "no such key"), or not ASCII digits ("²" passes
+    str.isdigit() but not int())."""
+    if not (value.isascii() and value.isdigit()):
+        return None
+    number = int(value)
+    return number if number <= BIGINT_MAX else None
+
 
 class StrictBooleanFilter(django_filters.TypedChoiceFilter):
     """`true`/`false` (or 1/0). Anything else is a 400: django-filter's BooleanFilter would

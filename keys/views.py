@@ -8,6 +8,9 @@ import json
 
 from django.conf import settings
 from django.contrib.auth import authenticate
+from django.contrib.auth.validators import UnicodeUsernameValidator
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxLengthValidator
 from django.http import HttpRequest, JsonResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
@@ -43,7 +46,7 @@ def _credentials(request: HttpRequest) -> tuple[str, str]:
         try:
             data = json.loads(request.body or b"{}")
             fields = data if isinstance(data, dict) else {}
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: `[[[[…` nested too deeply
             fields = {}
     return str(fields.get("user") or fields.get("admin") or ""), str(fields.get("password") or "")
 
@@ -62,9 +65,18 @@ def create_api_key_legacy(request: HttpRequest, username: str) -> JsonResponse:
     if request.method not in ("GET", "POST"):
         return _error(405, "Use POST.", "method_not_allowed")
     user, password = _credentials(request)
-    admin = authenticate(request, username=user, password=password) if user and password else None
+    # A NUL is no one's name or password, and PostgreSQL refuses it in a query (a 500).
+    usable = user and password and "\x00" not in user + password
+    admin = authenticate(request, username=user, password=password) if usable else None
     if admin is None or not admin.is_staff:
         return _error(401, "Admin credentials are missing or wrong.", "invalid_admin_credentials")
+    # The checks the user form makes: an unchecked name (a NUL, 151 characters) was a
+    # database error on PostgreSQL.
+    try:
+        UnicodeUsernameValidator()(username)
+        MaxLengthValidator(150)(username)
+    except ValidationError as exc:
+        return _error(400, f"Not a valid username: {exc.messages[0]}", "invalid_username")
     now = timezone.now()
     active = [
         k

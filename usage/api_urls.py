@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from django.urls import path
-from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView
+from drf_spectacular.views import SpectacularRedocView
 
 from usage import apis
 
@@ -14,7 +14,7 @@ urlpatterns = [
     path("usage/<int:record_id>/", apis.UsageRecordDetailApi.as_view(), name="record_detail"),
     # The docs pages load Swagger UI and Redoc from drf_spectacular_sidecar's static files,
     # served by this app: no CDN.
-    path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("schema/", apis.SchemaApi.as_view(), name="schema"),
     path("docs/", apis.SwaggerDocsView.as_view(url_name="usage_api:schema"), name="docs"),
     path(
         "redoc/",

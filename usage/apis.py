@@ -10,6 +10,7 @@ import copy
 import datetime as dt
 import functools
 import json
+import threading
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -17,10 +18,11 @@ from django.contrib.auth import get_user_model
 from django.core.paginator import Paginator
 from django.utils.dateparse import parse_datetime
 from django.utils.functional import cached_property
+from django.views.generic import View
 from drf_spectacular.settings import spectacular_settings
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer
-from drf_spectacular.views import SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework import serializers
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.pagination import PageNumberPagination
@@ -30,9 +32,10 @@ from rest_framework.views import APIView
 
 from keys.apis import MoneyField
 from keys.authentication import ApiAuthMixin, staff_login
+from keys.filters import key_id_or_none
 from keys.models import ApiKey
 from usage.exports import CsvRenderer, csv_streaming_response
-from usage.filters import UsageRecordFilter
+from usage.filters import FIRST_DAY, LAST_DAY, UsageRecordFilter, calendar_day_or_none
 from usage.models import UsageRecord
 from usage.selectors import (
     ROLLUP_SUMS,
@@ -246,13 +249,26 @@ class DayField(serializers.DateField):
     """An ISO date; a datetime is taken as its UTC day."""
 
     def to_internal_value(self, value: Any) -> dt.date:
+        day: dt.date | None = None
         if isinstance(value, str) and len(value) > 10:
-            parsed = parse_datetime(value.strip().replace(" ", "+"))
+            try:
+                parsed = parse_datetime(value.strip().replace(" ", "+"))
+            except ValueError:  # well formed but no such time: "2025-02-30T00:00"
+                parsed = None
             if parsed is not None:
                 if parsed.tzinfo is None:
                     parsed = parsed.replace(tzinfo=dt.UTC)
-                return parsed.astimezone(dt.UTC).date()
-        return super().to_internal_value(value)
+                day = calendar_day_or_none(parsed)
+                if day is None:
+                    self._out_of_range()
+                return day
+        day = calendar_day_or_none(super().to_internal_value(value))
+        if day is None:
+            self._out_of_range()
+        return day
+
+    def _out_of_range(self) -> None:
+        raise ValidationError(f"Give a day from {FIRST_DAY.isoformat()} to {LAST_DAY.isoformat()}.")
 
 
 _SUMS = {
@@ -370,7 +386,10 @@ class UsageSummaryApi(ApiAuthMixin, APIView):
             if "user_id" in scope:
                 keys = keys.filter(user_id=scope["user_id"])
             if data["key"].isdigit():
-                keys = keys.filter(pk=int(data["key"]))
+                key_id = key_id_or_none(data["key"])
+                if key_id is None:
+                    return None
+                keys = keys.filter(pk=key_id)
             else:
                 keys = keys.filter(prefix=data["key"])
             key_ids = list(keys.values_list("pk", flat=True)[:2])
@@ -382,8 +401,27 @@ class UsageSummaryApi(ApiAuthMixin, APIView):
         return scope
 
 
+# drf-spectacular resolves its extensions' target classes lazily, on the first schema built,
+# and not thread-safely: of four first requests at once, three were 500s (a class attribute
+# set to None by one thread while another read it as a string). One build at a time.
+_schema_lock = threading.Lock()
+
+
+class SchemaApi(SpectacularAPIView):
+    """The OpenAPI schema of /api/ (and of /v1/proxy/me), built one request at a time."""
+
+    def _get_schema_response(self, request: Request) -> Response:
+        with _schema_lock:
+            return super()._get_schema_response(request)
+
+
 class SwaggerDocsView(SpectacularSwaggerView):
     """Swagger UI from drf_spectacular_sidecar's static files, with no call to another host."""
+
+    def options(self, request: Request, *args: Any, **kwargs: Any) -> HttpResponseBase:
+        # DRF's OPTIONS answers the view's metadata through its renderer, here an HTML
+        # template that has no name for it: a 500. Plain Django's answer (the Allow header).
+        return View.options(self, request, *args, **kwargs)
 
     @extend_schema(exclude=True)
     def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:

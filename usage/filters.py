@@ -9,9 +9,25 @@ from django import forms
 from django.db.models import Q, QuerySet
 from django.utils.dateparse import parse_date, parse_datetime
 
-from keys.filters import StrictBooleanFilter
+from keys.filters import StrictBooleanFilter, key_id_or_none
 from keys.models import ApiKey
 from usage.models import UsageRecord
+
+# A day one short of the calendar's ends: a `to` day becomes the next midnight and an offset
+# datetime becomes UTC, and neither may step past 9999-12-31 or before 0001-01-01 (Python
+# raises OverflowError there, which was a 500).
+FIRST_DAY = dt.date.min + dt.timedelta(days=1)
+LAST_DAY = dt.date.max - dt.timedelta(days=1)
+
+
+def calendar_day_or_none(value: dt.date | dt.datetime) -> dt.date | None:
+    """The UTC day of a date or an aware datetime, or None when it lies at the calendar's ends
+    (where the arithmetic the filters do on it would overflow)."""
+    try:
+        day = value.astimezone(dt.UTC).date() if isinstance(value, dt.datetime) else value
+    except OverflowError:
+        return None
+    return day if FIRST_DAY <= day <= LAST_DAY else None
 
 
 class DateOrDateTimeField(forms.Field):
@@ -36,7 +52,13 @@ class DateOrDateTimeField(forms.Field):
             raise forms.ValidationError(self.error_messages["invalid"], code="invalid")
         if isinstance(parsed, dt.datetime) and parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=dt.UTC)
-        return parsed
+        if calendar_day_or_none(parsed) is None:
+            raise forms.ValidationError(
+                f"Enter a day from {FIRST_DAY.isoformat()} to {LAST_DAY.isoformat()}.",
+                code="out_of_range",
+            )
+        # In UTC: Python takes offsets up to ±23:59, PostgreSQL only up to ±15:59.
+        return parsed.astimezone(dt.UTC) if isinstance(parsed, dt.datetime) else parsed
 
 
 def _midnight(day: dt.date) -> dt.datetime:
@@ -45,6 +67,13 @@ def _midnight(day: dt.date) -> dt.datetime:
 
 class DateOrDateTimeFilter(django_filters.Filter):
     field_class = DateOrDateTimeField
+
+
+class IntegerFilter(django_filters.NumberFilter):
+    """A whole number in bounds: NumberFilter takes any decimal (`1e30`, `200.5`), and one past
+    the column's range is a database error, not a 400."""
+
+    field_class = forms.IntegerField
 
 
 class UsageRecordFilter(django_filters.FilterSet):
@@ -59,7 +88,9 @@ class UsageRecordFilter(django_filters.FilterSet):
         method="filter_model", help_text="Model asked for or answered with."
     )
     endpoint = django_filters.CharFilter(help_text="For example `chat/completions`.")
-    status = django_filters.NumberFilter(field_name="status_code", help_text="HTTP status.")
+    status = IntegerFilter(
+        field_name="status_code", min_value=0, max_value=999, help_text="HTTP status."
+    )
     stream = StrictBooleanFilter()
     estimated = StrictBooleanFilter(
         help_text="Tokens counted by the proxy because upstream reported none."
@@ -71,7 +102,8 @@ class UsageRecordFilter(django_filters.FilterSet):
 
     def filter_key(self, queryset: QuerySet[UsageRecord], name: str, value: str) -> QuerySet:
         if value.isdigit():
-            return queryset.filter(api_key_id=int(value))
+            key_id = key_id_or_none(value)
+            return queryset.none() if key_id is None else queryset.filter(api_key_id=key_id)
         # Through the keys table, so the (api_key, -created_at) index does the work; a key
         # deleted since is found by the prefix the records kept.
         key_ids = list(ApiKey.objects.filter(prefix=value).values_list("pk", flat=True))

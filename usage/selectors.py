@@ -13,6 +13,7 @@ from django.contrib.auth.base_user import AbstractBaseUser
 from django.core.cache import cache
 from django.db.models import F, Q, QuerySet, Sum
 
+from keys.filters import BIGINT_MAX
 from keys.models import ApiKey, Limits, QuotaLedger, UserLimit, period_end, period_start
 from usage.models import (
     PRICE_COLUMNS,
@@ -218,6 +219,8 @@ def usage_records_recent(
 
 def usage_record_for_viewer(*, record_id: int, viewer: AbstractBaseUser) -> UsageRecord | None:
     """A record its viewer may open: their own, or anyone's for staff."""
+    if record_id > BIGINT_MAX:  # no such row, and the database would raise on the number
+        return None
     records = UsageRecord.objects.completed().select_related("user", "api_key")
     if not getattr(viewer, "is_staff", False):
         records = records.filter(user_id=viewer.pk)
@@ -466,6 +469,8 @@ def usage_records_for(user: AbstractBaseUser | None) -> QuerySet[UsageRecord]:
 
 def usage_record_get(*, record_id: int, user: AbstractBaseUser | None) -> UsageRecord | None:
     """One record with its bodies, if `user` may read it (any record when None)."""
+    if record_id > BIGINT_MAX:  # no such row, and the database would raise on the number
+        return None
     records = UsageRecord.objects.completed().select_related("user")
     if user is not None:
         records = records.filter(user_id=user.pk)

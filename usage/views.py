@@ -42,18 +42,20 @@ MAX_RANGE_DAYS = 366
 RECENT_RECORDS = 50
 TOP_SPENDERS = 10
 CSV_GROUPS = ("model", "day", "user")
+EARLIEST_DAY = FIRST_DAY + dt.timedelta(days=MAX_RANGE_DAYS)
 
 
 class DateRangeForm(forms.Form):
     """The `from` / `to` query parameters (UTC days, both included); either may be left out."""
 
-    # Not the calendar's first or last day: the range's end becomes the next midnight, which
-    # past 9999-12-31 is an OverflowError (a 500).
+    # Away from the calendar's ends: the range's end becomes the next midnight, and a missing
+    # start is counted back from the end, and past 9999-12-31 or before 0001-01-01 either is
+    # an OverflowError (a 500).
     start = forms.DateField(
-        required=False, validators=[MinValueValidator(FIRST_DAY), MaxValueValidator(LAST_DAY)]
+        required=False, validators=[MinValueValidator(EARLIEST_DAY), MaxValueValidator(LAST_DAY)]
     )
     end = forms.DateField(
-        required=False, validators=[MinValueValidator(FIRST_DAY), MaxValueValidator(LAST_DAY)]
+        required=False, validators=[MinValueValidator(EARLIEST_DAY), MaxValueValidator(LAST_DAY)]
     )
 
     def __init__(self, query: dict[str, Any], *, today: dt.date) -> None:

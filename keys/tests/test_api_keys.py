@@ -248,3 +248,29 @@ def test_user_limits_are_for_staff_only(alice_key, alice_login, staff_api):
     assert APIClient().get(url).status_code == 401
     assert staff_api.get("/api/users/nobody/limits/").status_code == 404
     assert staff_api.put(url, {"budget_usd": "-3"}, format="json").status_code == 400
+
+
+DEEP_JSON = "[" * 10_000 + "]" * 10_000
+
+
+def test_json_nested_too_deeply_is_a_400_not_a_500(staff_api, client):
+    answer = staff_api.post("/api/keys/", DEEP_JSON, content_type="application/json")
+    assert answer.status_code == 400
+    # The original proxy's route reads the body before anyone has logged in.
+    legacy = client.post("/create_api_key/zed", DEEP_JSON, content_type="application/json")
+    assert legacy.status_code == 401
+    assert legacy.json()["error"]["code"] == "invalid_admin_credentials"
+
+
+def test_a_key_id_past_the_column_is_not_found(staff_api):
+    assert staff_api.get("/api/keys/99999999999999999999/").status_code == 404
+
+
+def test_the_legacy_route_refuses_a_username_no_user_can_have(staff, client):
+    auth = "Basic " + base64.b64encode(b"staff:staff-pass").decode()
+    for name in ("a%00b", "x" * 151):
+        answer = client.post(f"/create_api_key/{name}", HTTP_AUTHORIZATION=auth)
+        assert answer.status_code == 400
+        assert answer.json()["error"]["code"] == "invalid_username"
+    nul_password = "Basic " + base64.b64encode(b"staff:staff\x00pass").decode()
+    assert client.post("/create_api_key/zed", HTTP_AUTHORIZATION=nul_password).status_code == 401

@@ -370,3 +370,16 @@ def test_a_negative_remaining_budget_reads_minus_dollars(client, bob_key):
     client.force_login(key.user)
     row = next(r for r in _tables(client.get("/dashboard/"))["budgets-table"] if key.prefix in r[0])
     assert row[2:6] == ["$1.000012", "$0.00", "$1.00", "-$0.000012"]  # half to even
+
+
+@pytest.mark.parametrize("query", ["to=9999-12-31", "from=0001-01-01&to=0001-01-05"])
+def test_a_range_at_the_calendars_ends_falls_back_with_a_reason(client, usage_data, query):
+    client.force_login(usage_data["alice_chat"].user)
+    page = client.get(f"/dashboard/?{query}")
+    assert page.status_code == 200
+    assert client.get(f"/dashboard/usage.csv?{query}").status_code == 200
+
+
+def test_a_request_id_past_the_column_is_not_found(client, usage_data):
+    client.force_login(usage_data["alice_chat"].user)
+    assert client.get("/dashboard/requests/99999999999999999999/").status_code == 404

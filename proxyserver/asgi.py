@@ -3,8 +3,9 @@
 Django wraps each sync middleware method in `sync_to_async` under ASGI, a thread hop each:
 the session, auth, CSRF and messages middleware cost the relay several milliseconds a
 request and give it nothing (it authenticates by proxy key). So `/v1/...` and the original
-`/<key>/v1/...` paths go to a handler with no middleware; the admin, API and dashboards keep
-the usual stack. A thin wrapper also speaks the ASGI lifespan protocol, which Django does
+`/<key>/v1/...` paths go to a handler with no middleware, which also bounds bodies before
+reading them, applies CORS (relay.cors) and answers a base_url without /v1 in OpenAI's shape;
+the admin, API and dashboards keep the usual stack. A thin wrapper also speaks the ASGI lifespan protocol, which Django does
 not: at startup the tiktoken encodings are unpacked, at shutdown pending usage records are
 written and the upstream connection pool is closed.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 import os
 import re
@@ -24,16 +26,32 @@ from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.core.handlers.exception import convert_exception_to_response
 from django.http import Http404, HttpRequest, HttpResponseBase
 from django.urls import set_script_prefix, set_urlconf
+from django.utils import timezone
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "proxyserver.settings")
 django.setup(set_prefix=False)
 
+from proxyserver.secret_key import refuse_to_serve_with_a_guessable_key  # noqa: E402
 from relay import errors  # noqa: E402 (after django.setup)
+from relay.auth import authenticate_secret, secret_from  # noqa: E402
+from relay.cors import CorsPolicy  # noqa: E402
 from relay.streaming import RelayStreamingResponse  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-RELAY_PATH = re.compile(r"^/(?:sk-proxy-[A-Za-z0-9_-]+/)?v1/")
+# Before a single request: with DEBUG off, a guessable key would let anyone forge sessions.
+refuse_to_serve_with_a_guessable_key()
+
+# The relay's paths, and two mistakes answered here in OpenAI's shape rather than by Django's
+# HTML 404 (and its request log line): an OpenAI path without /v1 (a base_url that lacks it)
+# and a key-in-URL path without /v1 (whose path holds the key).
+RELAY_PATH = re.compile(
+    r"^/(?:v1/|sk-proxy-|(?:chat|completions|embeddings|responses|models|moderations|audio"
+    r"|images|files|uploads|batches|fine_tuning|assistants|threads|vector_stores|conversations"
+    r"|realtime|evals|containers|organization|proxy)(?:/|$))"
+)
+_V1_PATH = re.compile(r"^/(?:(sk-proxy-[A-Za-z0-9_-]+)/)?v1/")
+_KEY_IN_PATH = re.compile(r"^/sk-proxy-[^/]*")
 
 
 class RelayHandler(ASGIHandler):
@@ -72,17 +90,67 @@ class RelayHandler(ASGIHandler):
         response._resource_closers.append(request.close)
         return response
 
+    # Read once: CORS is configured by settings, and off it must cost a request nothing.
+    cors = CorsPolicy.from_settings()
+
     async def handle(self, scope: dict, receive, send) -> None:  # noqa: ANN001
+        """Django's `handle`, reordered so that a body is bounded before it is read: the key
+        is checked from the headers first (an unauthenticated request is answered with its
+        body unread), a Content-Length over PROXY_MAX_BODY_BYTES is refused unread, and a
+        chunked body is read into memory only up to the limit. Django's own `read_body` would
+        spool the whole body, to a temporary file once it passes 2.5 MB, before anything."""
+        if self.cors is not None:
+            send = self.cors.wrap(scope, send)
+            if self.cors.is_preflight(scope):
+                await self._answer_unread(scope, send, self.cors.preflight(scope))
+                return
+        path = scope["path"]
+        method = scope["method"]
+        match = _V1_PATH.match(path)
+        if match is None:
+            await self._answer_unread(scope, send, _wrong_base_url(scope, method, path))
+            return
+        if method == "OPTIONS":
+            # No key is asked of a browser's preflight (CORS on or off): it never sends one.
+            await self._answer_unread(
+                scope, send, errors.method_not_allowed(method, _masked(path)[:80])
+            )
+            return
+        now = timezone.now()
         try:
-            body_file = await self.read_body(receive)
+            key = await authenticate_secret(
+                secret_from(_header(scope, b"authorization").decode("latin-1"), match.group(1)),
+                now,
+            )
+        except Exception:
+            log.exception("relay authentication error")
+            key = errors.proxy_error()
+        if isinstance(key, HttpResponseBase):
+            await self._answer_unread(scope, send, key)
+            return
+        try:
+            body, too_large = await _read_bounded_body(scope, receive)
         except RequestAborted:
             return
         set_script_prefix(get_script_prefix(scope))
-        request, error_response = self.create_request(scope, body_file)
+        request, error_response = self.create_request(scope, io.BytesIO(body))
         if request is None:
-            body_file.close()
-            await self.send_response(error_response, send)
-            error_response.close()
+            await self._answer_unread(scope, send, error_response)
+            return
+        # For the views (relay.views): the key, the time it was checked at, and whether the
+        # body was left unread for its size (they answer 413 and record it).
+        request.proxy_key = key
+        request.received_at = now
+        request.body_too_large = too_large
+        if too_large:
+            # The rest of the body is still on its way: no disconnect listener (it would read
+            # it), and the connection is closed after the 413 rather than drained.
+            response = await self.run_get_response(request)
+            response["Connection"] = "close"
+            try:
+                await self.send_response(response, send)
+            finally:
+                _close_quietly(response)
             return
 
         made: list[HttpResponseBase] = []
@@ -120,7 +188,70 @@ class RelayHandler(ASGIHandler):
                 if isinstance(response, RelayStreamingResponse):
                     response.abandon()
                 _close_quietly(response)
-        body_file.close()
+
+    async def _answer_unread(self, scope: dict, send, response: HttpResponseBase) -> None:  # noqa: ANN001
+        """Answer before the body was read; a body still to come closes the connection after
+        the answer (uvicorn would otherwise read and discard it to keep the connection)."""
+        if _header(scope, b"content-length") not in (b"", b"0") or _header(
+            scope, b"transfer-encoding"
+        ):
+            response["Connection"] = "close"
+        try:
+            await self.send_response(response, send)
+        finally:
+            _close_quietly(response)
+
+
+def _header(scope: dict, name: bytes) -> bytes:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value
+    return b""
+
+
+async def _read_bounded_body(scope: dict, receive) -> tuple[bytes, bool]:  # noqa: ANN001
+    """(the body, in memory, False), or (b"", True) as soon as it is known to pass the limit:
+    from its Content-Length before a byte is read, or once a chunked one passes it."""
+    limit = settings.PROXY_MAX_BODY_BYTES
+    declared = _header(scope, b"content-length")
+    if declared and (not declared.isdigit() or int(declared) > limit):
+        return b"", True
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise RequestAborted()
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                return b"", True
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            return (chunks[0] if len(chunks) == 1 else b"".join(chunks)), False
+
+
+def _masked(path: str) -> str:
+    # A key-in-URL path is never repeated back whole: answers end up in logs and screenshots.
+    return _KEY_IN_PATH.sub("/sk-proxy-***", path, count=1)
+
+
+def _wrong_base_url(scope: dict, method: str, path: str) -> HttpResponseBase:
+    host = _header(scope, b"host").decode("latin-1")
+    if host and (settings.ALLOWED_HOSTS == ["*"] or _host_allowed(host)):
+        root = f"{scope.get('scheme', 'http')}://{host}"
+    else:
+        root = "http://HOST:PORT"
+    key_part = "<your proxy key>/" if _KEY_IN_PATH.match(path) else ""
+    return errors.wrong_base_url(method, _masked(path)[:120], f"{root}/{key_part}v1")
+
+
+def _host_allowed(host: str) -> bool:
+    from django.http.request import split_domain_port, validate_host
+
+    domain, _port = split_domain_port(host)
+    return bool(domain) and validate_host(domain, settings.ALLOWED_HOSTS)
 
 
 def _close_quietly(response: HttpResponseBase) -> None:

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import os
 import tempfile
+from datetime import timedelta
 from pathlib import Path
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
+
+from proxyserver.secret_key import secret_key_from_file
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -18,15 +21,43 @@ env = environ.Env()
 environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
 DEBUG = env.bool("DEBUG", default=False)
-SECRET_KEY = env.str("SECRET_KEY", default="")
-if not SECRET_KEY:
-    # A fixed key would let anyone forge sessions on a server that forgot to set one; a random
-    # one per start only logs everybody out on restart, which is the safer failure.
-    from django.core.management.utils import get_random_secret_key
 
-    SECRET_KEY = get_random_secret_key()
-ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["*"])
+# --- Deployment: key, hosts, TLS (README "Running behind a TLS reverse proxy") -------------
+# Unset: one key generated into SECRET_KEY_FILE on first start and read by every worker and
+# restart after (a key per process would log users out whenever another worker answers).
+# The servers refuse DEBUG=false with a guessable key (proxyserver.secret_key).
+SECRET_KEY_FILE = BASE_DIR / (env.str("SECRET_KEY_FILE", default="") or "var/secret-key")
+SECRET_KEY = env.str("SECRET_KEY", default="") or secret_key_from_file(SECRET_KEY_FILE)
+# Where `make run` / `manage.py serve` listen: this machine only unless told otherwise.
+HOST = env.str("HOST", default="") or "127.0.0.1"
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+# Only behind a proxy that sets X-Forwarded-Proto on every request, and with the server out
+# of clients' reach (HOST): otherwise a client could claim https itself.
+TRUST_X_FORWARDED_PROTO = env.bool("TRUST_X_FORWARDED_PROTO", default=False)
+if TRUST_X_FORWARDED_PROTO:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=False)
+# Health probes and scrapers talk to the server itself over plain HTTP; a redirect fails them.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=False)
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
+
+
+def env_bool_unless_blank(name: str, default: bool) -> bool:
+    """`env.bool`, except that a blank value (as sample.env ships it) means the default too."""
+    return env.bool(name) if env.str(name, default="").strip() else default
+
+
+# Served over TLS, cookies are secure unless said otherwise; over plain HTTP on a workstation a
+# secure cookie would not come back to the server and logging in would fail.
+SESSION_COOKIE_SECURE = env_bool_unless_blank(
+    "SESSION_COOKIE_SECURE", TRUST_X_FORWARDED_PROTO or SECURE_SSL_REDIRECT
+)
+CSRF_COOKIE_SECURE = env_bool_unless_blank(
+    "CSRF_COOKIE_SECURE", TRUST_X_FORWARDED_PROTO or SECURE_SSL_REDIRECT
+)
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -39,6 +70,7 @@ INSTALLED_APPS = [
     "django_filters",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "axes",
     "keys",
     "usage",
     "relay",
@@ -55,6 +87,9 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as axes asks: answers a locked-out login (proxyserver.login_lockout). Async-capable
+    # and query-free on every other request; /v1 is served without middleware (asgi.py).
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "proxyserver.urls"
@@ -148,7 +183,7 @@ LOGGING = {
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework.authentication.SessionAuthentication",
-        "rest_framework.authentication.BasicAuthentication",
+        "keys.authentication.BasicAuthentication",  # DRF's, counted by axes
         "keys.authentication.ProxyKeyAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -167,6 +202,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "SCHEMA_PATH_PREFIX": "/api/",
+    # /v1/proxy/me is the relay's plain view, described by a hook (keys.schema).
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "keys.schema.proxy_me_path",
+    ],
 }
 
 # --- The proxy's own settings (all in sample.env) -------------------------------------------
@@ -219,3 +259,44 @@ USAGE_UNWRITABLE_FILE = env.str(
 
 TIKTOKEN_CACHE_DIR = env.str("TIKTOKEN_CACHE_DIR", default=str(BASE_DIR / ".cache" / "tiktoken"))
 PRICE_CACHE_SECONDS = env.float("PRICE_CACHE_SECONDS", default=60.0)
+
+# --- Login lockout (django-axes; proxyserver.login_lockout, README "Dependencies") ----------
+# Failed password logins (admin, dashboard, HTTP Basic on /api/, /create_api_key) are counted
+# in the database per username and per client address; AXES_FAILURE_LIMIT of either within the
+# cool-off locks that account or that address out until the cool-off has passed with no try.
+AUTHENTICATION_BACKENDS = [
+    # First: a locked-out login is refused before any password is checked.
+    "proxyserver.login_lockout.LoginLockoutBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_HANDLER = "proxyserver.login_lockout.LoginAttemptHandler"
+AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_MINUTES = env.float("AXES_COOLOFF_MINUTES", default=15.0)
+if AXES_FAILURE_LIMIT < 1 or AXES_COOLOFF_MINUTES <= 0:
+    raise ImproperlyConfigured("AXES_FAILURE_LIMIT must be at least 1, AXES_COOLOFF_MINUTES > 0")
+AXES_COOLOFF_TIME = timedelta(minutes=AXES_COOLOFF_MINUTES)
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+# The peer uvicorn reports, which behind a proxy in FORWARDED_ALLOW_IPS is the client it names.
+AXES_CLIENT_IP_CALLABLE = "proxyserver.login_lockout.client_ip"
+AXES_USERNAME_CALLABLE = "proxyserver.login_lockout.attempt_username"
+AXES_LOCKOUT_CALLABLE = "proxyserver.login_lockout.lockout_response"
+# Never on success: logging in to an account of one's own would wipe one's address's count.
+AXES_RESET_ON_SUCCESS = False
+# No version banner on every manage.py command (log lines mask username and address anyway).
+AXES_VERBOSE = False
+
+# --- Relay: secrets in logs, tenants upstream, browser clients (relay.redaction,
+# relay.identifiers, relay.cors; README "Security of the relay") -----------------------------
+# Every log line, Django's request logger included, goes out with proxy keys and the upstream
+# key masked.
+LOGGING["filters"] = {"secrets": {"()": "relay.redaction.SecretsFilter"}}
+LOGGING["handlers"]["console"]["filters"] = ["secrets"]
+# Chat completions and Responses requests carry a keyed hash of the user as safety_identifier.
+PROXY_SAFETY_IDENTIFIER = env.bool("PROXY_SAFETY_IDENTIFIER", default=True)
+# CORS: off unless an origin is listed; /v1 reads these in relay.cors, /api/ via corsheaders.
+CORS_ALLOWED_ORIGINS = env.list("CORS_ALLOWED_ORIGINS", default=[])
+CORS_ALLOWED_ORIGIN_REGEXES = env.list("CORS_ALLOWED_ORIGIN_REGEXES", default=[])
+CORS_URLS_REGEX = r"^/api/.*$"
+INSTALLED_APPS.append("corsheaders")
+# First, as django-cors-headers asks: a preflight is answered before any redirect or check.
+MIDDLEWARE.insert(0, "corsheaders.middleware.CorsMiddleware")

@@ -28,3 +28,6 @@ urlpatterns = [
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("", RedirectView.as_view(pattern_name="usage:dashboard", permanent=False)),
 ]
+
+# A path nothing serves: OpenAI's error shape for API clients (a browser gets Django's page).
+handler404 = "relay.views.unknown_url"

@@ -12,11 +12,11 @@ from relay import errors
 from relay.database import UNAVAILABLE, in_db_thread
 
 
-def _secret(request: HttpRequest, url_key: str | None) -> str:
+def secret_from(authorization: str, url_key: str | None) -> str:
+    """The key a request presents: the one in its URL, else its bearer value."""
     if url_key:
         return url_key
-    auth = request.headers.get("Authorization", "")
-    scheme, _, value = auth.partition(" ")
+    scheme, _, value = authorization.partition(" ")
     return value.strip() if scheme.lower() == "bearer" else ""
 
 
@@ -24,7 +24,14 @@ async def authenticate(
     request: HttpRequest, url_key: str | None, now: dt.datetime
 ) -> KeyInfo | HttpResponse:
     """The caller's active key, or the error to answer with."""
-    secret = _secret(request, url_key)
+    return await authenticate_secret(
+        secret_from(request.headers.get("Authorization", ""), url_key), now
+    )
+
+
+async def authenticate_secret(secret: str, now: dt.datetime) -> KeyInfo | HttpResponse:
+    """The active key of `secret`, or the error to answer with. Needs no body: the relay's
+    handler calls it from the headers alone, before a byte of the body is read."""
     if not secret:
         return errors.invalid_api_key(
             "You didn't provide an API key. Send your proxy key as 'Authorization: Bearer KEY'."

@@ -55,6 +55,27 @@ def not_found(path: str) -> HttpResponse:
     )
 
 
+def body_too_large(limit: int) -> HttpResponse:
+    return openai_error(
+        413, f"Request body is larger than {limit} bytes.", code="request_too_large"
+    )
+
+
+def method_not_allowed(method: str, path: str) -> HttpResponse:
+    return openai_error(405, f"{method} is not served on {path}.", code="method_not_allowed")
+
+
+def wrong_base_url(method: str, path: str, base_url: str) -> HttpResponse:
+    """A path outside /v1: most often a base_url that lacks it, which this names. `path` must
+    not hold a proxy key (the handler masks it): the answer is also what a log would show."""
+    return openai_error(
+        404,
+        f"Invalid URL ({method} {path}): this proxy serves the OpenAI API under /v1 — set "
+        f"base_url to {base_url}",
+        code="unknown_url",
+    )
+
+
 def upstream_timeout() -> HttpResponse:
     return openai_error(
         504, "OpenAI did not answer in time.", type="upstream_error", code="upstream_timeout"

@@ -141,6 +141,73 @@ def bad_integer(body: dict[str, Any], name: str) -> Refused:
     return Refused(f"'{name}' must be a non-negative integer.", param=name, code="invalid_type")
 
 
+def json_type(value: object) -> str:
+    """A JSON value's type as OpenAI's messages name it ("a string", "an integer", ...)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a decimal"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def _invalid_type(param: str, expected: str, value: object) -> Refused:
+    # OpenAI's own wording, so a client sees the same text whether the proxy or OpenAI
+    # refused it.
+    return Refused(
+        f"Invalid type for '{param}': expected {expected}, but got {json_type(value)} instead.",
+        param=param,
+        code="invalid_type",
+    )
+
+
+# Fields whose wrong type upstream would answer with a misleading message ("Missing required
+# parameter" for a string `messages`): (kind, field, required, allowed types, OpenAI's name).
+_TEXT_OR_ARRAY = ((str, list), "a string or an array")
+_TYPED_FIELDS: dict[str, tuple[tuple[str, bool, tuple[type, ...], str], ...]] = {
+    "chat": (("messages", True, (list,), "an array of objects"),),
+    "completion": (("prompt", False, *_TEXT_OR_ARRAY),),
+    "embedding": (("input", True, *_TEXT_OR_ARRAY),),
+    "responses": (("input", False, *_TEXT_OR_ARRAY),),
+    "moderation": (("input", True, *_TEXT_OR_ARRAY),),
+}
+
+
+def bad_type(kind: str, body: dict[str, Any]) -> Refused | None:
+    """The first of `model`, `stream` and the kind's main input whose type is wrong, named
+    as OpenAI names it; None if they are all right. (A missing `model` is the caller's.)"""
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        return _invalid_type("model", "a string", model)
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        return _invalid_type("stream", "a boolean", stream)
+    for name, required, types, expected in _TYPED_FIELDS.get(kind, ()):
+        value = body.get(name)
+        if value is None:
+            if required:
+                return Refused(
+                    f"Missing required parameter: '{name}'.",
+                    param=name,
+                    code="missing_required_parameter",
+                )
+            continue
+        if not isinstance(value, types):
+            return _invalid_type(name, expected, value)
+        if name == "messages":
+            for i, message in enumerate(value):
+                if not isinstance(message, dict):
+                    return _invalid_type(f"messages[{i}]", "an object", message)
+    return None
+
+
 def output_maximum(kind: str, body: dict[str, Any]) -> tuple[int | None, str | None]:
     """The output maximum a request names (see `int_field`); 0 for kinds with no output."""
     if kind == "chat":

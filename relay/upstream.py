@@ -7,9 +7,12 @@ keeps a thousand open streams without stalling, hence one long-lived ClientSessi
 from __future__ import annotations
 
 import asyncio
+import re
 
 import aiohttp
 from django.conf import settings
+
+from relay import identifiers
 
 # Headers a client may pass to OpenAI. Anything else (its Authorization above all, and
 # OpenAI-Organization / OpenAI-Project, which would pick another account) is dropped.
@@ -66,18 +69,32 @@ async def close() -> None:
     _session = None
 
 
-def upstream_headers(request_headers: dict[str, str]) -> dict[str, str]:
-    headers = {
-        name: value
-        for name, value in request_headers.items()
-        if name.lower() in FORWARDED_REQUEST_HEADERS
-    }
+def upstream_headers(request_headers: dict[str, str], user_id: int) -> dict[str, str]:
+    headers = {}
+    for name, value in request_headers.items():
+        lower = name.lower()
+        if lower in FORWARDED_REQUEST_HEADERS:
+            # One upstream account for every user: a client's idempotency key is made the
+            # user's own, so that two tenants sending the same key never share an answer.
+            headers[name] = (
+                identifiers.idempotency_key(user_id, value) if lower == "idempotency-key" else value
+            )
     headers["Authorization"] = f"Bearer {settings.OPENAI_API_KEY}"
     return headers
 
 
+# Segments of an upstream path: never empty nor a dot segment, which the HTTP client would
+# normalise into another route (`models/..` is `GET /v1/`), sent with the operator's key.
+_SEGMENT = re.compile(r"[A-Za-z0-9_:\-][A-Za-z0-9._:\-]*|\.[A-Za-z0-9._:\-]*[A-Za-z0-9_:\-]")
+
+
 def url_for(path: str) -> str:
-    # `path` comes from the relay's fixed route table, never from the client as is.
+    """The upstream URL of `path`, which comes from the relay's route table; one that could
+    leave the route it names raises ValueError rather than being sent."""
+    if not all(
+        _SEGMENT.fullmatch(segment) and segment not in (".", "..") for segment in path.split("/")
+    ):
+        raise ValueError("refusing an upstream path that is not a plain route")
     return f"{settings.OPENAI_BASE_URL}/{path}"
 
 

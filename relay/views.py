@@ -33,7 +33,7 @@ from django.views.decorators.csrf import csrf_exempt
 from keys.money import MICRO_USD, usd
 from keys.selectors import KeyInfo, key_usage_report
 from keys.services import Reservation
-from relay import errors, lifecycle, upstream
+from relay import errors, identifiers, lifecycle, upstream
 from relay.admission import grant, refuse
 from relay.auth import authenticate
 from relay.database import UNAVAILABLE, in_db_thread
@@ -44,6 +44,7 @@ from relay.metering import (
     PATH_OF,
     Refused,
     bad_integer,
+    bad_type,
     output_maximum,
     size_request,
     too_deep,
@@ -62,7 +63,9 @@ from usage.pricing import Price, PriceBook, price_book, price_book_cached
 
 log = logging.getLogger(__name__)
 
-_MODEL_PATH = re.compile(r"models/([A-Za-z0-9._:\-]+)")
+# A model id may hold dots (gpt-3.5-turbo) but is never a dot segment: `models/..` would be
+# normalised by the HTTP client into `GET /v1/` upstream, sent with the operator's key.
+_MODEL_PATH = re.compile(r"models/(?!\.\.?$)([A-Za-z0-9._:\-]+)")
 _RESPONSE_PATH = re.compile(r"responses/(resp_[A-Za-z0-9_\-]+)(/input_items)?")
 # Largest prompt tokenised on the event loop; bigger ones go to a thread.
 _INLINE_TOKENISE_BYTES = 32 * 1024
@@ -151,7 +154,7 @@ async def _send(
         return await upstream.open_request(
             method,
             path,
-            headers=upstream.upstream_headers(dict(request.headers)),
+            headers=upstream.upstream_headers(dict(request.headers), ex.key.user_id),
             body=body,
             query=query,
         )
@@ -219,13 +222,25 @@ async def _prices() -> PriceBook | None:
         return price_book_cached(stale_ok=True)
 
 
+def _caller(request: HttpRequest) -> tuple[KeyInfo | None, Any]:
+    """The key and time the ASGI handler checked it at (proxyserver.asgi), before the body
+    was read; (None, now) under WSGI, which authenticates here."""
+    key = getattr(request, "proxy_key", None)
+    return (key, request.received_at) if key is not None else (None, timezone.now())
+
+
 @csrf_exempt
 async def relay(request: HttpRequest, path: str, url_key: str | None = None) -> HttpResponse:
-    now = timezone.now()  # once: for the expiry check, the record and the quota period
-    key = await authenticate(request, url_key, now)
-    if isinstance(key, HttpResponse):
-        return key
+    # `now` once: for the expiry check, the record and the quota period.
+    key, now = _caller(request)
+    if key is None:
+        key = await authenticate(request, url_key, now)
+        if isinstance(key, HttpResponse):
+            return key
     ex = Exchange(key, path[:64], now=now)
+    if getattr(request, "body_too_large", False):
+        limit = settings.PROXY_MAX_BODY_BYTES
+        return refuse(ex, errors.body_too_large(limit), "body_too_large")
     work = lifecycle.spawn(_handle(request, ex, path))
     try:
         return await asyncio.shield(work)
@@ -301,13 +316,8 @@ async def _parse_metered(
     except RequestDataTooBig:
         raw = None
     if raw is None or len(raw) > settings.PROXY_MAX_BODY_BYTES:
-        return refuse(
-            ex,
-            errors.openai_error(
-                413, f"Request body is larger than {settings.PROXY_MAX_BODY_BYTES} bytes."
-            ),
-            "body_too_large",
-        )
+        # Under WSGI only: the ASGI handler refuses these before reading them.
+        return refuse(ex, errors.body_too_large(settings.PROXY_MAX_BODY_BYTES), "body_too_large")
     body = loads(raw)
     if not isinstance(body, dict):
         return refuse(
@@ -332,20 +342,22 @@ async def _parse_metered(
     if kind == "moderation" and model is None:
         # `model` is optional on moderations (the SDK leaves it out); OpenAI then uses this.
         model = "omni-moderation-latest"
-    if not isinstance(model, str) or not model:
+    if model is None or model == "":
         return refuse(
             ex,
             errors.openai_error(400, "You must provide a model parameter.", param="model"),
             "missing_model",
         )
-    ex.set_model(model)
-    stream = body.get("stream", False)
-    if stream is not None and not isinstance(stream, bool):
+    if isinstance(model, str):
+        ex.set_model(model)
+    wrong = bad_type(kind, body)
+    if wrong is not None:
         return refuse(
             ex,
-            errors.openai_error(400, "'stream' must be a boolean.", param="stream"),
-            "invalid_type",
+            errors.openai_error(400, wrong.message, param=wrong.param, code=wrong.code),
+            wrong.code,
         )
+    stream = body.get("stream", False)
     ex.stream = bool(stream) and kind in ("chat", "completion", "responses")
     ex.requested_tier = str(body.get("service_tier") or "")
     ex.keep_request_body(body)
@@ -503,15 +515,19 @@ async def _forward_metered(
     if ex.client_gone:  # left while it was being granted: never sent, nothing billed
         ex.finish(499, error_code="client_disconnected", client_disconnected=True)
         return _gone()
-    upstream_body = raw
+    # The client's bytes as they came, unless a field is added: then one encoding of them all.
+    added: dict[str, Any] = {}
     client_wants_usage = True
     if ex.stream and kind in ("chat", "completion"):
         options = body.get("stream_options") if isinstance(body.get("stream_options"), dict) else {}
         client_wants_usage = options.get("include_usage") is True
         if not client_wants_usage:
-            upstream_body = orjson.dumps(
-                {**body, "stream_options": {**options, "include_usage": True}}
-            )
+            added["stream_options"] = {**options, "include_usage": True}
+    if kind in identifiers.SAFETY_IDENTIFIED and settings.PROXY_SAFETY_IDENTIFIER:
+        added["safety_identifier"] = identifiers.safety_identifier(
+            ex.key.user_id, body.get("safety_identifier")
+        )
+    upstream_body = orjson.dumps({**body, **added}) if added else raw
     if ex.stream:
         # A stream whose client leaves before upstream's headers is dropped at once (see
         # _handle); a plain answer is read to the end whatever the client does, for its usage.
@@ -674,10 +690,13 @@ async def _passthrough(
 @csrf_exempt
 async def proxy_me(request: HttpRequest, url_key: str | None = None) -> HttpResponse:
     """GET /v1/proxy/me: this key's limits, what it and its user spent this period, what is left."""
-    now = timezone.now()
-    key = await authenticate(request, url_key, now)
-    if isinstance(key, HttpResponse):
-        return key
+    key, now = _caller(request)
+    if key is None:
+        key = await authenticate(request, url_key, now)
+        if isinstance(key, HttpResponse):
+            return key
+    if getattr(request, "body_too_large", False):
+        return errors.body_too_large(settings.PROXY_MAX_BODY_BYTES)
     if request.method != "GET":
         return errors.openai_error(405, "Use GET for /v1/proxy/me.", code="method_not_allowed")
     try:
@@ -687,3 +706,17 @@ async def proxy_me(request: HttpRequest, url_key: str | None = None) -> HttpResp
     except (TimeoutError, *UNAVAILABLE):
         return errors.database_unavailable()
     return JsonResponse(report)
+
+
+def unknown_url(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """Django's 404 for a path nothing serves (proxyserver.urls handler404): OpenAI's error
+    shape for API clients, Django's own page for a browser."""
+    if "text/html" in request.headers.get("Accept", ""):
+        from django.views import defaults
+
+        return defaults.page_not_found(request, exception)
+    return errors.openai_error(
+        404,
+        f"Invalid URL ({request.method} {request.path[:120]}): this proxy does not serve it.",
+        code="unknown_url",
+    )

@@ -48,11 +48,46 @@ def test_create_api_key_prints_the_key_alone_and_stores_only_its_hash():
 
 @pytest.mark.django_db
 @pytest.mark.parametrize(
-    "args", [["--budget", "ten"], ["--budget", "-1"], ["--expires", "soon"], ["--rpm", "0"]]
+    "args",
+    [
+        ["--budget", "ten"],
+        ["--budget", "-1"],
+        ["--budget", "NaN"],
+        ["--expires", "soon"],
+        ["--expires", "2020-01-01T00:00:00Z"],
+        ["--rpm", "0"],
+    ],
 )
 def test_create_api_key_refuses_bad_flags(args):
     with pytest.raises(CommandError):
         issue("frank", *args)
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--budget", "abc"], "not an amount in USD: 'abc'"),
+        (["--expires", "2020-01-01"], "--expires is in the past"),
+    ],
+)
+def test_create_api_key_answers_bad_input_in_one_line_not_a_traceback(tmp_path, args, says):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite3"}
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "-v", "0"], env=env, check=True, timeout=120
+    )
+    done = subprocess.run(
+        [sys.executable, "manage.py", "create_api_key", "frank", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0 and done.stdout == ""
+    assert says in done.stderr and "Traceback" not in done.stderr
 
 
 def basic(user: str, password: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 from decimal import Decimal, InvalidOperation
 
@@ -13,12 +14,14 @@ from keys.services import key_issue
 
 
 def _budget(text: str) -> Decimal:
+    # ArgumentTypeError, not CommandError: argparse turns it into its one-line error (a
+    # CommandError raised while parsing would escape as a traceback on the command line).
     try:
         value = Decimal(text)
     except InvalidOperation:
-        raise CommandError(f"--budget: not an amount in USD: {text!r}") from None
-    if value < 0:
-        raise CommandError("--budget must not be negative")
+        raise argparse.ArgumentTypeError(f"not an amount in USD: {text!r}") from None
+    if not value.is_finite() or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative amount in USD: {text!r}")
     return value
 
 
@@ -59,6 +62,8 @@ class Command(BaseCommand):
                 expires_at = expires_at.replace(tzinfo=dt.UTC)
             # In UTC: Python takes offsets up to ±23:59, PostgreSQL only up to ±15:59.
             expires_at = expires_at.astimezone(dt.UTC)
+            if expires_at <= dt.datetime.now(dt.UTC):
+                raise CommandError(f"--expires is in the past: {options['expires']}")
         for flag in ("rpm", "tpm", "max_concurrent", "token_limit", "request_limit"):
             if options[flag] is not None and int(options[flag]) < 1:  # type: ignore[arg-type]
                 raise CommandError(f"--{flag.replace('_', '-')} must be at least 1")

@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -30,7 +28,7 @@ import openai  # noqa: E402
 
 from relay.management.commands.serve import uvicorn_command  # noqa: E402
 from tests.attacks import ATTACKS, send  # noqa: E402
-from tests.servers import _stop, _wait_http, free_port, manage  # noqa: E402
+from tests.servers import _stop, _wait_http, free_port, manage, scratch_env  # noqa: E402
 
 UPSTREAM_KEY = "sk-bench-upstream"
 
@@ -55,15 +53,7 @@ def main() -> None:
         help="one budget for every kind (default: each kind's, less than one call costs)",
     )
     args = parser.parse_args()
-    scratch = tempfile.mkdtemp(prefix="bench-overspend-")
-    env = {
-        **os.environ,
-        "DATABASE_URL": args.database_url or f"sqlite:///{scratch}/bench.sqlite3",
-        "CACHE_URL": args.cache_url,
-        "OPENAI_API_KEY": UPSTREAM_KEY,
-        "LOG_LEVEL": "WARNING",
-        "SECRET_KEY": "bench-secret-never-used-outside-the-benchmarks-0123456789",
-    }
+    env = scratch_env("bench-overspend-", args.database_url, args.cache_url, UPSTREAM_KEY)
     manage(env, "migrate", "--noinput", "-v", "0")
     fake_port = free_port()
     fake = subprocess.Popen(

@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from relay.management.commands.serve import uvicorn_command  # noqa: E402
-from tests.servers import _stop, _wait_http, free_port  # noqa: E402
+from tests.servers import _stop, _wait_http, free_port, scratch_env  # noqa: E402
 
 UPSTREAM_KEY = "sk-bench-upstream"
 BODY = {
@@ -96,15 +94,7 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    scratch = tempfile.mkdtemp(prefix="bench-relay-")
-    env = {
-        **os.environ,
-        "DATABASE_URL": args.database_url or f"sqlite:///{scratch}/bench.sqlite3",
-        "CACHE_URL": args.cache_url,
-        "OPENAI_API_KEY": UPSTREAM_KEY,
-        "LOG_LEVEL": "WARNING",
-        "SECRET_KEY": "bench-secret-never-used-outside-the-benchmarks-0123456789",
-    }
+    env = scratch_env("bench-relay-", args.database_url, args.cache_url, UPSTREAM_KEY)
     py = sys.executable
     subprocess.run(
         [py, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=env, check=True

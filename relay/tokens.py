@@ -99,29 +99,6 @@ def _content_text(content: object) -> str:
     return str(content)
 
 
-def count_chat_prompt(messages: object, model: str) -> int:
-    """OpenAI's counting recipe: 3 per message + each value (+1 for a name) + 3 for the reply.
-    Tools, images and audio add tokens it does not see; this is for reservations and cut
-    streams only, billing uses the usage upstream returns."""
-    if not isinstance(messages, list):
-        return 0
-    total = 3
-    for message in messages:
-        total += 3
-        if not isinstance(message, dict):
-            continue
-        for field, value in message.items():
-            if field == "content":
-                total += count_text(_content_text(value), model)
-            elif field == "tool_calls" and isinstance(value, list):
-                total += count_text(str(value), model)
-            elif isinstance(value, str):
-                total += count_text(value, model)
-                if field == "name":
-                    total += 1
-    return total
-
-
 def count_input(value: object, model: str) -> int:
     """Tokens of a completions `prompt`, an embeddings `input` or a Responses `input`."""
     if value is None:

@@ -352,11 +352,7 @@ async def _parse_metered(
         ex.set_model(model)
     wrong = bad_type(kind, body)
     if wrong is not None:
-        return refuse(
-            ex,
-            errors.openai_error(400, wrong.message, param=wrong.param, code=wrong.code),
-            wrong.code,
-        )
+        return _refused(ex, wrong)
     stream = body.get("stream", False)
     ex.stream = bool(stream) and kind in ("chat", "completion", "responses")
     ex.requested_tier = str(body.get("service_tier") or "")
@@ -404,13 +400,15 @@ async def _parse_metered(
         )
     max_out, bad = output_maximum(kind, body)
     if bad is not None:
-        problem = bad_integer(body, bad)
-        return refuse(
-            ex,
-            errors.openai_error(400, problem.message, param=problem.param),
-            problem.code,
-        )
+        return _refused(ex, bad_integer(body, bad))
     return raw, body, max_out, history
+
+
+def _refused(ex: Exchange, no: Refused) -> HttpResponse:
+    """A request metering refused (relay.metering.Refused), answered and recorded."""
+    return refuse(
+        ex, errors.openai_error(no.status, no.message, param=no.param, code=no.code), no.code
+    )
 
 
 def _unpriced(ex: Exchange, book: PriceBook, model: str, price: Price | None) -> HttpResponse:
@@ -470,9 +468,7 @@ async def _metered(request: HttpRequest, ex: Exchange, kind: str) -> HttpRespons
         else:
             sizing = size()
     except Refused as no:
-        return refuse(
-            ex, errors.openai_error(no.status, no.message, param=no.param, code=no.code), no.code
-        )
+        return _refused(ex, no)
     ex.prompt_estimate = sizing.prompt_estimate
     ex.tools = sizing.tools
     cost = Decimal(0)

@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -33,6 +34,22 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def scratch_env(
+    prefix: str, database_url: str, cache_url: str, upstream_key: str
+) -> dict[str, str]:
+    """The environment of a benchmark's server processes: its own database (a SQLite file in
+    a new temporary folder unless `database_url` names one), its cache, the fake's key."""
+    scratch = tempfile.mkdtemp(prefix=prefix)
+    return {
+        **os.environ,
+        "DATABASE_URL": database_url or f"sqlite:///{scratch}/bench.sqlite3",
+        "CACHE_URL": cache_url,
+        "OPENAI_API_KEY": upstream_key,
+        "LOG_LEVEL": "WARNING",
+        "SECRET_KEY": "bench-secret-never-used-outside-the-benchmarks-0123456789",
+    }
 
 
 def manage(env: dict[str, str], *args: str) -> str:

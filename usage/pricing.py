@@ -19,6 +19,9 @@ from decimal import Decimal
 from django.conf import settings
 
 PER_TOKEN = Decimal(1_000_000)
+# Model names a price book remembers the resolution of (it is replaced every
+# PRICE_CACHE_SECONDS; a client sending ever new names only fills it up to this).
+_RESOLVED_MAX = 10_000
 # Service tiers billed at the standard rates.
 FREE_TIERS = ("", "default", "auto", "standard")
 ZERO = Decimal(0)
@@ -183,6 +186,10 @@ class PriceBook:
         self._by_model: dict[str, list[Price]] = {}
         for price in sorted(prices, key=lambda p: p.effective_from):
             self._by_model.setdefault(price.model, []).append(price)
+        self._starts = {m: [p.effective_from for p in rows] for m, rows in self._by_model.items()}
+        # A request resolves its model several times (price, tool fees, billing); the book
+        # never changes, so each name is worked out once per book.
+        self._resolved: dict[str, tuple[str | None, str]] = {}
         self._aliases = dict(aliases or {})
         self._fees: dict[str, list[ToolFee]] = {}
         for fee in sorted(tool_fees or [], key=lambda f: f.effective_from):
@@ -194,6 +201,14 @@ class PriceBook:
         for `ft:gpt-4o-mini-2024-07-18:org::id`), a dated snapshot of a known model
         ("snapshot": `-YYYY-MM-DD` / `-MMDD`), the alias table ("alias"), else (None,
         "unknown"). Never a guess by prefix: `gpt-4-0125-preview` is not `gpt-4`."""
+        found = self._resolved.get(model)
+        if found is None:
+            found = self._resolve(model)
+            if len(self._resolved) < _RESOLVED_MAX:  # clients choose the names: bounded
+                self._resolved[model] = found
+        return found
+
+    def _resolve(self, model: str) -> tuple[str | None, str]:
         if not model:
             return None, "unknown"
         if model in self._by_model:
@@ -229,9 +244,8 @@ class PriceBook:
         name = self.resolve(model)
         if name is None:
             return None
-        rows = self._by_model[name]
-        i = bisect.bisect_right([p.effective_from for p in rows], at)
-        return rows[i - 1] if i else None
+        i = bisect.bisect_right(self._starts[name], at)
+        return self._by_model[name][i - 1] if i else None
 
     def models(self) -> list[str]:
         return list(self._by_model)

@@ -154,7 +154,7 @@ def test_an_estimate_budget_reserves_the_default_instead(e2e):
     assert record.status_code == 200 and record.cost_usd > 0
 
 
-def test_a_user_can_be_made_strict_while_its_keys_inherit(e2e):
+def test_a_users_estimate_mode_applies_to_keys_that_inherit_it(e2e):
     secret = e2e.key(
         "carol",
         user_limits={"budget_usd": Decimal("1"), "budget_mode": "estimate"},

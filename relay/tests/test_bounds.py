@@ -386,3 +386,14 @@ def test_the_nesting_check_finds_deep_bodies_without_recursion():
     for _ in range(MAX_NESTING - 1):
         shallow = {"k": shallow}
     assert not too_deep(shallow)
+
+
+def test_a_bound_past_the_most_the_proxy_reserves_is_refused():
+    # Each number within OpenAI's limits, their product not: 1,000 prompts × best_of 20 ×
+    # the largest maximum is 4.3 × 10¹⁶ tokens.
+    from relay.metering import MAX_INT
+
+    body = {"model": "gpt-3.5-turbo-instruct", "prompt": ["hi"] * 1000, "best_of": 20}
+    with pytest.raises(Refused) as refused:
+        size_request("completion", body, body["model"], max_out=MAX_INT, strict=True)
+    assert refused.value.code == "request_too_large"

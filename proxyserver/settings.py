@@ -235,7 +235,10 @@ PROXY_MAX_BODY_BYTES = env.int("PROXY_MAX_BODY_BYTES", default=20 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = PROXY_MAX_BODY_BYTES + 1024
 PROXY_UPSTREAM_CONNECT_TIMEOUT = env.float("PROXY_UPSTREAM_CONNECT_TIMEOUT", default=10.0)
 PROXY_UPSTREAM_READ_TIMEOUT = env.float("PROXY_UPSTREAM_READ_TIMEOUT", default=600.0)
-PROXY_UPSTREAM_MAX_CONNECTIONS = env.int("PROXY_UPSTREAM_MAX_CONNECTIONS", default=1000)
+# Upstream connections per process (a stream holds one while it lasts), and how long a request
+# waits in line for one when all are in use before it is answered 503 upstream_busy.
+PROXY_UPSTREAM_MAX_CONNECTIONS = env.int("PROXY_UPSTREAM_MAX_CONNECTIONS", default=4096)
+PROXY_UPSTREAM_QUEUE_SECONDS = env.float("PROXY_UPSTREAM_QUEUE_SECONDS", default=30.0)
 LEGACY_CREATE_KEY_GET = env.bool("LEGACY_CREATE_KEY_GET", default=False)
 # Longest a request waits for its reservation before a 503 (the database is stuck or away).
 PROXY_DB_TIMEOUT = env.float("PROXY_DB_TIMEOUT", default=5.0)

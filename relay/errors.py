@@ -82,6 +82,18 @@ def upstream_timeout() -> HttpResponse:
     )
 
 
+def upstream_busy() -> HttpResponse:
+    # 503 with retry-after, as for a database away: the SDKs retry it; nothing was sent.
+    return openai_error(
+        503,
+        "The proxy is busy: all its connections to OpenAI are in use (PROXY_UPSTREAM_MAX_CONNECTIONS) "
+        "and none came free within PROXY_UPSTREAM_QUEUE_SECONDS; try again in a moment.",
+        type="server_error",
+        code="upstream_busy",
+        headers={"retry-after": "1"},
+    )
+
+
 def upstream_unreachable(message: str) -> HttpResponse:
     return openai_error(502, message, type="upstream_error", code="upstream_unreachable")
 

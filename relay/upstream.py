@@ -1,13 +1,20 @@
 """The one place that talks to OpenAI: a pooled aiohttp session per process.
 
 Measured here, aiohttp relays about five times the requests per core that httpx does and
-keeps a thousand open streams without stalling, hence one long-lived ClientSession.
+keeps thousands of open streams without stalling, hence one long-lived ClientSession.
+
+The pool holds PROXY_UPSTREAM_MAX_CONNECTIONS connections. When all are in use (long
+streams), a request waits in line for one for up to PROXY_UPSTREAM_QUEUE_SECONDS and is then
+answered 503 `upstream_busy` (the SDKs retry it). The wait is not part of the connect
+timeout, which bounds only opening a connection: aiohttp's own `connect` timeout counts the
+wait for the pool too, so a busy pool used to fail requests that were never sent as 504s.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
+from types import SimpleNamespace
 
 import aiohttp
 from django.conf import settings
@@ -37,6 +44,41 @@ RELAYED_RESPONSE_HEADERS = (
 _session: aiohttp.ClientSession | None = None
 
 
+class PoolBusy(Exception):
+    """No upstream connection came free within PROXY_UPSTREAM_QUEUE_SECONDS."""
+
+
+class _Queueing:
+    """One request's wait for a pooled connection, bounded from the moment it starts
+    waiting (aiohttp tells through its trace signals) until it has a connection."""
+
+    __slots__ = ("timeout",)
+
+    def __init__(self, timeout: asyncio.Timeout) -> None:
+        self.timeout = timeout
+
+
+async def _queued(_session: object, trace: SimpleNamespace, _params: object) -> None:
+    waiting: _Queueing | None = trace.trace_request_ctx
+    if waiting is not None:
+        waiting.timeout.reschedule(
+            asyncio.get_running_loop().time() + settings.PROXY_UPSTREAM_QUEUE_SECONDS
+        )
+
+
+async def _dequeued(_session: object, trace: SimpleNamespace, _params: object) -> None:
+    waiting: _Queueing | None = trace.trace_request_ctx
+    if waiting is not None:
+        waiting.timeout.reschedule(None)
+
+
+def _trace_config() -> aiohttp.TraceConfig:
+    trace = aiohttp.TraceConfig()
+    trace.on_connection_queued_start.append(_queued)
+    trace.on_connection_queued_end.append(_dequeued)
+    return trace
+
+
 def session() -> aiohttp.ClientSession:
     """The process's session, made on first use inside the server's event loop."""
     global _session
@@ -51,9 +93,11 @@ def session() -> aiohttp.ClientSession:
             connector=connector,
             timeout=aiohttp.ClientTimeout(
                 total=None,
-                connect=settings.PROXY_UPSTREAM_CONNECT_TIMEOUT,
+                connect=None,  # it would count the wait for the pool (bounded above)
+                sock_connect=settings.PROXY_UPSTREAM_CONNECT_TIMEOUT,
                 sock_read=settings.PROXY_UPSTREAM_READ_TIMEOUT,
             ),
+            trace_configs=[_trace_config()],
             # Bodies are parsed for usage, so let aiohttp decompress; the relayed response then
             # drops content-encoding and content-length.
             auto_decompress=True,
@@ -101,6 +145,20 @@ def url_for(path: str) -> str:
 async def open_request(
     method: str, path: str, *, headers: dict[str, str], body: bytes | None, query: str = ""
 ) -> aiohttp.ClientResponse:
-    """Send a request; the caller reads and releases the response (streams outlive this call)."""
+    """Send a request; the caller reads and releases the response (streams outlive this call).
+    Raises PoolBusy when no connection came free in time (nothing was sent)."""
     url = url_for(path) + (f"?{query}" if query else "")
-    return await session().request(method, url, data=body, headers=headers, allow_redirects=False)
+    try:
+        async with asyncio.timeout(None) as waiting:
+            return await session().request(
+                method,
+                url,
+                data=body,
+                headers=headers,
+                allow_redirects=False,
+                trace_request_ctx=_Queueing(waiting),
+            )
+    except TimeoutError:
+        if waiting.expired():
+            raise PoolBusy() from None
+        raise

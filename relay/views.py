@@ -158,6 +158,8 @@ async def _send(
             body=body,
             query=query,
         )
+    except upstream.PoolBusy:
+        return refuse(ex, errors.upstream_busy(), "upstream_busy")
     except TimeoutError:
         return refuse(ex, errors.upstream_timeout(), "upstream_timeout")
     except (aiohttp.ClientError, OSError) as exc:

@@ -372,7 +372,7 @@ def _reserve(
             raise refusal
         record.key_ledger_id, key_state = granted_key
         record.user_ledger_id, user_state = granted_user
-        record.save(force_insert=True)
+        _insert(record)
     return Reservation(
         key_ledger_id=record.key_ledger_id,
         user_ledger_id=record.user_ledger_id,
@@ -381,6 +381,30 @@ def _reserve(
         key_state=key_state,
         user_state=user_state,
     )
+
+
+@functools.cache
+def _insert_sql(model: type[models.Model]) -> tuple[str, list[models.Field]]:
+    """A plain INSERT of every column of `model` but its id, made once: `Model.save()` builds
+    and compiles its query anew each time, a third of the reservation's own time."""
+    fields = [f for f in model._meta.concrete_fields if not f.primary_key]
+    quote = connection.ops.quote_name
+    sql = (
+        f"INSERT INTO {quote(model._meta.db_table)} "  # noqa: S608 (names from _meta)
+        f"({', '.join(quote(f.column) for f in fields)}) "
+        f"VALUES ({', '.join(['%s'] * len(fields))}) RETURNING {quote(model._meta.pk.column)}"
+    )
+    return sql, fields
+
+
+def _insert(record: models.Model) -> None:
+    sql, fields = _insert_sql(type(record))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            sql, [f.get_db_prep_save(getattr(record, f.attname), connection) for f in fields]
+        )
+        record.pk = cursor.fetchone()[0]
+    record._state.adding = False
 
 
 @functools.cache

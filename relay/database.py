@@ -1,10 +1,18 @@
 """The one path the relay's database work takes: its own threads, with connection hygiene.
 
-The ORM is synchronous, so the relay runs its queries — key lookups, the quota reservation,
-the batched usage-record writes, /v1/proxy/me and /readyz — in worker threads. SQLite takes
-one writer at a time and a writer that finds the file locked sleeps in steps of
-milliseconds, so on SQLite all of it goes through one thread, in order, and never waits on a
-lock; other databases get a small pool, each thread keeping its connection.
+The ORM is synchronous, so the relay runs its queries in worker threads, in two lanes:
+
+- the request path (`in_db_thread`): key lookups, the quota reservation, /v1/proxy/me,
+  /readyz — what a client is waiting for;
+- the background (`in_writer_thread`): the batched usage-record writes, the heartbeat and
+  the reaper — what no client waits for.
+
+A request never waits behind a record write. On PostgreSQL each lane has its own threads and
+connections (8 for the request path, one writer). SQLite takes one writer at a time, and a
+writer that finds the file locked sleeps in steps of milliseconds, so on SQLite both lanes
+share one thread that never waits on a lock and always takes the request path's work first:
+a reservation waits at most for the one writer batch already running, which the writer keeps
+small on SQLite (relay.recording).
 
 A database restart leaves every thread's connection dead. The first thread to see a
 connection fail closes its own and bumps a generation number; every other thread closes its
@@ -15,6 +23,8 @@ queries in flight, not one failed request per thread, and the relay recovers by 
 from __future__ import annotations
 
 import asyncio
+import collections
+import concurrent.futures
 import contextlib
 import functools
 import threading
@@ -28,17 +38,67 @@ from django.db import InterfaceError, OperationalError, connection
 T = TypeVar("T")
 # What a database that is down, restarting or unreachable raises (psycopg2 and sqlite3 alike).
 UNAVAILABLE = (OperationalError, InterfaceError)
-_executor: ThreadPoolExecutor | None = None
 _generation = 0
 _local = threading.local()
 
 
-def _pool() -> ThreadPoolExecutor:
-    global _executor
-    if _executor is None:
-        workers = 1 if connection.vendor == "sqlite" else 8
-        _executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="relay-db")
-    return _executor
+class _OneThread:
+    """SQLite's one database thread, with two queues: the request path's work first."""
+
+    def __init__(self) -> None:
+        self._urgent: collections.deque = collections.deque()
+        self._background: collections.deque = collections.deque()
+        self._ready = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, job: Callable[[], T], *, urgent: bool) -> concurrent.futures.Future[T]:
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        with self._ready:
+            (self._urgent if urgent else self._background).append((future, job))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="relay-db", daemon=True)
+                self._thread.start()
+            self._ready.notify()
+        return future
+
+    def _run(self) -> None:
+        while True:
+            with self._ready:
+                while not (self._urgent or self._background):
+                    self._ready.wait()
+                future, job = (self._urgent or self._background).popleft()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = job()
+            except BaseException as exc:  # noqa: BLE001 (handed to the waiting coroutine)
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+            del future, job
+
+
+class _Lanes:
+    def __init__(self) -> None:
+        if connection.vendor == "sqlite":
+            one = _OneThread()
+            self.request = functools.partial(one.submit, urgent=True)
+            self.background = functools.partial(one.submit, urgent=False)
+        else:
+            self.request = ThreadPoolExecutor(max_workers=8, thread_name_prefix="relay-db").submit
+            self.background = ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="relay-writer"
+            ).submit
+
+
+_lanes: _Lanes | None = None
+
+
+def _get_lanes() -> _Lanes:
+    global _lanes
+    if _lanes is None:
+        _lanes = _Lanes()
+    return _lanes
 
 
 def _close_quietly() -> None:
@@ -70,7 +130,14 @@ def _fresh(fn: Callable[..., T], *args: object, **kwargs: object) -> T:
 
 
 def in_db_thread(fn: Callable[..., T], *args: object, **kwargs: object) -> asyncio.Future[T]:
-    """Run `fn` in a database thread. Returns a future: a caller that stops waiting (it timed
-    out, or its request was cancelled) can still see how the work ended."""
-    loop = asyncio.get_running_loop()
-    return loop.run_in_executor(_pool(), functools.partial(_fresh, fn, *args, **kwargs))
+    """Run `fn` in a request-path database thread. Returns a future: a caller that stops
+    waiting (it timed out, or its request was cancelled) can still see how the work ended."""
+    job = functools.partial(_fresh, fn, *args, **kwargs)
+    return asyncio.wrap_future(_get_lanes().request(job))
+
+
+def in_writer_thread(fn: Callable[..., T], *args: object, **kwargs: object) -> asyncio.Future[T]:
+    """Run `fn` in the background lane (record writes, heartbeat, reaper): never ahead of,
+    nor in the way of, a request's own database work."""
+    job = functools.partial(_fresh, fn, *args, **kwargs)
+    return asyncio.wrap_future(_get_lanes().background(job))

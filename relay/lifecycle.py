@@ -29,7 +29,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from relay import recording, upstream
-from relay.database import in_db_thread
+from relay.database import in_db_thread, in_writer_thread
 from relay.tokens import count_text, install_encodings
 
 log = logging.getLogger(__name__)
@@ -105,11 +105,11 @@ async def _beat_and_reap() -> None:
     while True:
         await asyncio.sleep(settings.PROXY_HEARTBEAT_SECONDS)
         try:
-            await in_db_thread(_beat)
+            await in_writer_thread(_beat)
             now = time.monotonic()
             healthy_since = healthy_since or now
             if now - healthy_since >= settings.PROXY_REAP_AFTER_SECONDS:
-                await in_db_thread(_reap)
+                await in_writer_thread(_reap)
         except Exception as exc:  # noqa: BLE001 (the database is away: try again next beat)
             healthy_since = None
             log.warning("heartbeat failed (%s); trying again", type(exc).__name__)

@@ -27,13 +27,21 @@ from pathlib import Path
 from django.conf import settings
 from django.db import models
 
-from relay.database import UNAVAILABLE, in_db_thread
+from relay.database import UNAVAILABLE, in_writer_thread
 from usage.models import UsageRecord
 from usage.services import usage_record_release, usage_records_write
 
 log = logging.getLogger(__name__)
-BATCH = 500
 GATHER_SECONDS = 0.05
+
+
+def _batch_size() -> int:
+    # On SQLite the writer shares the request path's one database thread (relay.database): a
+    # small batch is all a reservation that arrives meanwhile can wait behind.
+    from django.db import connection
+
+    return 32 if connection.vendor == "sqlite" else 500
+
 
 _queue: list[tuple[UsageRecord, asyncio.Future]] = []
 _wakeup: asyncio.Event | None = None
@@ -147,18 +155,19 @@ def write_now(records: list[UsageRecord]) -> _Outcome:
 async def _write_forever() -> None:
     assert _wakeup is not None
     failures = 0
+    batch_size = _batch_size()
     while True:
         await _wakeup.wait()
         # Gather what finishes in the next moment: one transaction for many records costs a
         # fraction of one each, and keeps the database thread from interleaving a write with
         # every request (the records are there a few tens of milliseconds later).
-        if len(_queue) < BATCH:
+        if len(_queue) < batch_size:
             await asyncio.sleep(GATHER_SECONDS)
         _wakeup.clear()
         while _queue:
-            batch = _queue[:BATCH]
+            batch = _queue[:batch_size]
             try:
-                await in_db_thread(write_now, [record for record, _ in batch])
+                await in_writer_thread(write_now, [record for record, _ in batch])
             except UNAVAILABLE:
                 # The database is away: keep the records (a lost one is free usage and a
                 # reservation held) and try again, less often the longer it lasts.

@@ -44,10 +44,13 @@ test: $(VENV)/.dev .venv-legacy/.installed
 demo: $(VENV)/.dev
 	@DATABASE_URL=$(DEMO_DATABASE_URL) $(PY) manage.py demo --port $(PORT) --upstream-port $(DEMO_UPSTREAM_PORT)
 
-## bench: relay latency against the fake upstream, and the quota step's cost
+## bench: this proxy beside direct-to-upstream and LiteLLM (installed into .venv-litellm on first
+## use), on SQLite and on PostgreSQL + Redis when they answer; printed and written to bench/results/
 bench: $(VENV)/.dev
-	$(PY) bench/relay_latency.py
-	$(PY) bench/quota_step.py
+	@command -v wrk >/dev/null || { echo "bench: installing wrk (Debian's package)"; \
+	 apt-get install -y -qq wrk >/dev/null 2>&1 || sudo apt-get install -y -qq wrk >/dev/null; } \
+	 || { echo "bench: needs wrk (apt-get install wrk)"; exit 1; }
+	$(PY) bench/gateways.py $(BENCH_ARGS)
 
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check .
@@ -56,4 +59,4 @@ format: $(VENV)/.dev
 	$(VENV)/bin/ruff format .
 
 clean:
-	rm -rf $(VENV) .venv-legacy .cache test-artifacts
+	rm -rf $(VENV) .venv-legacy .venv-litellm .cache test-artifacts

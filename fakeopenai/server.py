@@ -31,7 +31,9 @@ async def start_server(
         shutdown_timeout=2.0,
     )
     await runner.setup()
-    await web.TCPSite(runner, host, port, reuse_address=True).start()
+    # The proxy's backlog (uvicorn --backlog 4096): aiohttp's default of 128 drops the SYNs of
+    # a burst of a thousand streams, which the client then retries a second later.
+    await web.TCPSite(runner, host, port, reuse_address=True, backlog=4096).start()
     app[STATE].web_server = runner.server
     return runner
 

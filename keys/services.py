@@ -10,7 +10,15 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db import DatabaseError, IntegrityError, connection, models, transaction
+from django.db import (
+    DEFAULT_DB_ALIAS,
+    DatabaseError,
+    IntegrityError,
+    connection,
+    connections,
+    models,
+    transaction,
+)
 from django.utils import timezone
 
 from keys.fields import MoneyOverflow, from_units, money_param
@@ -25,6 +33,7 @@ from keys.models import (
 )
 from keys.money import usd
 from keys.selectors import KeyInfo, LimitSnapshot, key_info_forget
+from keys.sql import Columns, db_values
 
 LIMIT_FIELDS = (
     "budget_usd",
@@ -235,6 +244,7 @@ def _reserve_one(
     already spent and reserved. This is what stops N concurrent requests, on any number of
     processes, from all passing a "spent < budget" check that each read before the others
     wrote: the database evaluates the WHERE on the locked row."""
+    connection = connections[DEFAULT_DB_ALIAS]  # not django.db.connection: one lookup
     start = period_start(limits.period, now)
     for _ in range(2):
         ledger_id = _ledger_id(scope, owner_id, limits.period, start)
@@ -384,7 +394,7 @@ def _reserve(
 
 
 @functools.cache
-def _insert_sql(model: type[models.Model]) -> tuple[str, list[models.Field]]:
+def _insert_sql(model: type[models.Model]) -> tuple[str, Columns]:
     """A plain INSERT of every column of `model` but its id, made once: `Model.save()` builds
     and compiles its query anew each time, a third of the reservation's own time."""
     fields = [f for f in model._meta.concrete_fields if not f.primary_key]
@@ -394,21 +404,20 @@ def _insert_sql(model: type[models.Model]) -> tuple[str, list[models.Field]]:
         f"({', '.join(quote(f.column) for f in fields)}) "
         f"VALUES ({', '.join(['%s'] * len(fields))}) RETURNING {quote(model._meta.pk.column)}"
     )
-    return sql, fields
+    return sql, Columns(fields)
 
 
 def _insert(record: models.Model) -> None:
+    connection = connections[DEFAULT_DB_ALIAS]  # not django.db.connection: one lookup
     sql, fields = _insert_sql(type(record))
     with connection.cursor() as cursor:
-        cursor.execute(
-            sql, [f.get_db_prep_save(getattr(record, f.attname), connection) for f in fields]
-        )
+        cursor.execute(sql, db_values(record, fields, connection))
         record.pk = cursor.fetchone()[0]
     record._state.adding = False
 
 
 @functools.cache
-def _reserve_and_insert_sql(model: type[models.Model]) -> tuple[str, list[models.Field]]:
+def _reserve_and_insert_sql(model: type[models.Model]) -> tuple[str, Columns]:
     """The one-call reservation's statement for records of `model`, and the fields it fills
     (made once: the columns are the model's)."""
     fields = [f for f in model._meta.concrete_fields if not f.primary_key]
@@ -420,7 +429,7 @@ def _reserve_and_insert_sql(model: type[models.Model]) -> tuple[str, list[models
         f" SELECT {', '.join(['%s'] * len(fields))} FROM q RETURNING id)"
         " SELECT q.*, r.id FROM q CROSS JOIN r"
     )
-    return sql, fields
+    return sql, Columns(fields)
 
 
 def _reserve_in_one_call(
@@ -429,9 +438,10 @@ def _reserve_in_one_call(
     """PostgreSQL: both conditional UPDATEs (the function of migration 0005) and the pending
     record's INSERT in one statement, one round trip. None when it did not reserve (refused,
     revoked, a row gone): the caller's transaction then tries again and says why."""
+    connection = connections[DEFAULT_DB_ALIAS]  # not django.db.connection: one lookup
     k, u = key.key_limits, key.user_limits
     sql, fields = _reserve_and_insert_sql(type(record))
-    values = [f.get_db_prep_save(getattr(record, f.attname), connection) for f in fields]
+    values = db_values(record, fields, connection)
     params = [
         record.key_ledger_id, record.user_ledger_id, key.id, key.user_id,
         period_start(k.period, now), period_start(u.period, now), cost, tokens,
@@ -474,6 +484,7 @@ def quota_settle(*, moves: list[LedgerMove]) -> None:
     locks its key row then its user row, so neither it nor another writer can ever hold a row
     this one waits for while waiting for one this one holds (no deadlock).
     """
+    connection = connections[DEFAULT_DB_ALIAS]  # not django.db.connection: one lookup
     # ledger id -> [released cost, released tokens, spent cost, spent tokens]
     sums: dict[int, list] = {}
     key_rows: set[int] = set()

@@ -139,6 +139,9 @@ def event_fields(event: bytes) -> tuple[str, bytes]:
     return name, b"\n".join(data)
 
 
+_HELD_BYTES = 32 * 1024
+
+
 class StreamState:
     """What one relayed stream has shown so far: usage, model, ids and the text produced."""
 
@@ -151,9 +154,26 @@ class StreamState:
         # Responses: the output items (the terminal event's, else the tool calls seen done).
         self.output: list[Any] = []
         self.partial_images = 0
+        # The text-bearing events, raw: parsed only if the text is ever needed (a cut stream,
+        # a stored body). Past _HELD_BYTES they are parsed into their text and dropped, so a
+        # long stream holds its text, not a copy of every chunk.
         self._datas: list[bytes] = []
+        self._held = 0
+        self._texts: list[str] = []
+
+    def _keep(self, data: bytes) -> None:
+        self._datas.append(data)
+        self._held += len(data)
+        if self._held > _HELD_BYTES:
+            self._texts.append(self._text_of(self._datas))
+            self._datas = []
+            self._held = 0
 
     def text(self) -> str:
+        """The text generated so far (what a cut stream's output is counted from)."""
+        return "".join(self._texts) + self._text_of(self._datas)
+
+    def _text_of(self, datas: list[bytes]) -> str:
         raise NotImplementedError
 
 
@@ -183,12 +203,12 @@ class ChatStream(StreamState):
                     if chunk.get("choices") == [] and not self.client_wants_usage:
                         # The usage-only chunk: some clients index choices[0] and break on it.
                         return None
-        self._datas.append(data)
+        self._keep(data)
         return event
 
-    def text(self) -> str:
+    def _text_of(self, datas: list[bytes]) -> str:
         parts: list[str] = []
-        for data in self._datas:
+        for data in datas:
             chunk = loads(data)
             if not isinstance(chunk, dict):
                 continue
@@ -227,8 +247,7 @@ class ResponsesStream(StreamState):
         if not data:
             return event
         if name in _TEXT_DELTAS or (not name and b'"delta"' in data and b"_text.delta" in data):
-            # Kept raw: parsed only if the text is ever needed (a cut stream, stored bodies).
-            self._datas.append(data)
+            self._keep(data)
             return event
         if name == "response.image_generation_call.partial_image":
             self.partial_images += 1
@@ -257,8 +276,8 @@ class ResponsesStream(StreamState):
             self.finished = True
         return event
 
-    def text(self) -> str:
-        deltas = (loads(data) for data in self._datas)
+    def _text_of(self, datas: list[bytes]) -> str:
+        deltas = (loads(data) for data in datas)
         return "".join(
             d["delta"] for d in deltas if isinstance(d, dict) and isinstance(d.get("delta"), str)
         )

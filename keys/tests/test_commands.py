@@ -68,6 +68,9 @@ def test_create_api_key_refuses_bad_flags(args):
     [
         (["--budget", "abc"], "not an amount in USD: 'abc'"),
         (["--expires", "2020-01-01"], "--expires is in the past"),
+        # Past the column (PostgreSQL refused the row with a traceback; SQLite took it).
+        (["--tpm", "100000000000"], "must be between 0 and 2,147,483,647"),
+        (["--rpm", "lots"], "not a whole number: 'lots'"),
     ],
 )
 def test_create_api_key_answers_bad_input_in_one_line_not_a_traceback(tmp_path, args, says):

@@ -25,6 +25,24 @@ def _budget(text: str) -> Decimal:
     return value
 
 
+def _count(ceiling: int):  # noqa: ANN202 (an argparse type)
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if not 0 <= value <= ceiling:
+            # The column's range: past it PostgreSQL refuses the row (a traceback, before).
+            raise argparse.ArgumentTypeError(f"must be between 0 and {ceiling:,}: {text!r}")
+        return value
+
+    return parse
+
+
+_INT = _count(2**31 - 1)
+_BIGINT = _count(2**63 - 1)
+
+
 class Command(BaseCommand):
     help = "Create a proxy key for USERNAME (creating the user if needed) and print it once."
 
@@ -42,12 +60,12 @@ class Command(BaseCommand):
         parser.add_argument(
             "--models", default="", help="comma-separated allow-list (patterns like gpt-4o*)"
         )
-        parser.add_argument("--rpm", type=int)
-        parser.add_argument("--tpm", type=int)
-        parser.add_argument("--max-concurrent", type=int)
-        parser.add_argument("--tokens", type=int, dest="token_limit", help="tokens per period")
+        parser.add_argument("--rpm", type=_INT)
+        parser.add_argument("--tpm", type=_INT)
+        parser.add_argument("--max-concurrent", type=_INT)
+        parser.add_argument("--tokens", type=_BIGINT, dest="token_limit", help="tokens per period")
         parser.add_argument(
-            "--requests", type=int, dest="request_limit", help="requests per period"
+            "--requests", type=_INT, dest="request_limit", help="requests per period"
         )
         parser.add_argument("--expires", help="expiry, ISO 8601 (e.g. 2027-01-31T00:00:00Z)")
         parser.add_argument("--name", default="")

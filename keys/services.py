@@ -14,6 +14,8 @@ from django.db import (
     DEFAULT_DB_ALIAS,
     DatabaseError,
     IntegrityError,
+    InterfaceError,
+    OperationalError,
     connection,
     connections,
     models,
@@ -331,6 +333,32 @@ def quota_reserve(
         record.pk = None  # an id from a transaction that did not commit is no id
         record._state.adding = True
         raise
+
+
+def quota_reserve_many(requests: list[dict]) -> list[Reservation | Exception]:
+    """SQLite: reservations that arrived together, made in one transaction — one commit and
+    one write of the ledger rows' pages for them all, where each alone costs its own. Each is
+    `quota_reserve(**request)` in a savepoint of its own: a refused one rolls back alone, and
+    each conditional UPDATE sees the rows as the ones before it left them, so two can never
+    pass on the same headroom (the race the conditional UPDATE prevents, unchanged). Returns,
+    in order, each one's Reservation or the exception it raised. If the database fails
+    (unavailable, locked) or the commit does, it raises and none of them was reserved."""
+    results: list[Reservation | Exception] = []
+    try:
+        with transaction.atomic():
+            for request in requests:
+                try:
+                    results.append(quota_reserve(**request))
+                except (OperationalError, InterfaceError):
+                    raise  # the database itself: the whole batch fails
+                except Exception as exc:  # noqa: BLE001 (this request's answer)
+                    results.append(exc)
+    except BaseException:
+        for request in requests:  # ids from a transaction that did not commit are no ids
+            request["record"].pk = None
+            request["record"]._state.adding = True
+        raise
+    return results
 
 
 def _reserve(

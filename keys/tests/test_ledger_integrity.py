@@ -508,3 +508,49 @@ def test_a_process_of_the_previous_release_keeps_working_after_migrate():
                 [key_ledger.pk, user_ledger.pk, info.id, Decimal("0.001"), 10],
             )
             assert cursor.fetchone() is not None
+
+
+# -- reservations made together (SQLite's batches: keys.services.quota_reserve_many) -----------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_reservations_made_together_never_pass_on_the_same_headroom():
+    from keys.services import quota_reserve_many
+
+    key, _ = issue("batch-budget", budget_usd=Decimal("0.25"))
+    requests = [
+        {"key": key, "cost": Decimal("0.1"), "tokens": 10, "now": NOW, "record": pending(key)}
+        for _ in range(4)
+    ]
+    results = quota_reserve_many(requests)
+    granted = [r for r in results if not isinstance(r, Exception)]
+    refused = [r for r in results if isinstance(r, QuotaExceeded)]
+    assert len(granted) == 2 and len(refused) == 2  # $0.25 holds two of $0.10, not four
+    key_ledger, user_ledger = ledgers_of(key)
+    assert key_ledger.reserved_usd == Decimal("0.2") and key_ledger.requests == 2
+    assert user_ledger.reserved_usd == Decimal("0.2")
+    # Only the granted ones have their pending row; a refused one left nothing behind.
+    assert UsageRecord.objects.filter(state=RecordState.PENDING).count() == 2
+    assert [r["record"].pk is not None for r in requests] == [
+        not isinstance(r, Exception) for r in results
+    ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_one_failing_reservation_in_a_batch_takes_no_other_with_it():
+    from keys.services import quota_reserve_many
+
+    key, _ = issue("batch-poison")
+    poison = pending(key)
+    poison.prompt_tokens = 2**70  # no database column holds it
+    requests = [
+        {"key": key, "cost": Decimal("0.01"), "tokens": 1, "now": NOW, "record": record}
+        for record in (pending(key), poison, pending(key))
+    ]
+    first, bad, last = quota_reserve_many(requests)
+    assert isinstance(bad, Exception) and not isinstance(bad, QuotaExceeded)
+    assert not isinstance(first, Exception) and not isinstance(last, Exception)
+    assert poison.pk is None
+    key_ledger, _ = ledgers_of(key)
+    assert key_ledger.requests == 2 and key_ledger.reserved_usd == Decimal("0.02")
+    assert UsageRecord.objects.filter(state=RecordState.PENDING).count() == 2

@@ -22,7 +22,7 @@ def _responses_event(text: str) -> bytes:
     return b"event: response.output_text.delta\ndata: " + orjson.dumps(delta) + b"\n\n"
 
 
-def _held(state) -> int:  # noqa: ANN001
+def _held(state) -> int:
     return sum(len(data) for data in state._datas)
 
 

@@ -101,8 +101,8 @@ class WrkRun:
 
 
 def _ms(text: str) -> float:
-    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()
-    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", text).groups()
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0, "h": 3.6e6}[unit]
 
 
 def wrk(url: str, key: str, *, connections: int, seconds: int) -> WrkRun:
@@ -115,6 +115,8 @@ def wrk(url: str, key: str, *, connections: int, seconds: int) -> WrkRun:
                           "--timeout", "30s", "-s", str(script), url]),
         env=env, capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
+    if not re.search(r"99%\s+\S+", out):
+        raise RuntimeError(f"wrk gave no latency distribution for {url}:\n{out}")
     done = re.search(r"(\d+) requests in ([\d.]+)(\w+)", out)
     errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
     socket_errors = re.search(r"connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
@@ -193,10 +195,11 @@ class Proxy:
         self.url = f"http://127.0.0.1:{self.port}/v1/chat/completions"
         return self
 
-    def records(self) -> tuple[int, int, int, int]:
-        """(records, pending, relayed upstream, left unsent by a client that hung up) once
-        the writer has caught up: a record with an upstream request id was relayed; one
-        without must be a client that left before it was sent (wrk cuts its connections)."""
+    def records(self) -> tuple[int, int, int, int, int]:
+        """(records, pending, relayed upstream, left unsent by a client that hung up, refused
+        by the proxy) once the writer has caught up: a record with an upstream request id was
+        relayed; one without is a client that left before it was sent (wrk cuts its
+        connections at the end) or a request the proxy answered itself (a 503, say)."""
         last, stable_since = None, time.monotonic()
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -208,12 +211,14 @@ class Proxy:
             time.sleep(0.2)
         return last
 
-    def _count(self) -> tuple[int, int, int, int]:
+    def _count(self) -> tuple[int, int, int, int, int]:
         sql = (
             "SELECT count(*), coalesce(sum(CASE WHEN state = 'pending' THEN 1 ELSE 0 END), 0),"
             " coalesce(sum(CASE WHEN upstream_request_id <> '' THEN 1 ELSE 0 END), 0),"
             " coalesce(sum(CASE WHEN upstream_request_id = '' AND status_code = 499"
-            " AND error_code = 'client_disconnected' THEN 1 ELSE 0 END), 0)"
+            " AND error_code = 'client_disconnected' THEN 1 ELSE 0 END), 0),"
+            " coalesce(sum(CASE WHEN upstream_request_id = '' AND status_code <> 499"
+            " THEN 1 ELSE 0 END), 0)"
             " FROM usage_usagerecord"
         )
         if self.database_url.startswith("sqlite"):
@@ -242,18 +247,19 @@ class Books:
         fake.reset()
 
     def check(self, results: dict, scenario: str) -> None:
-        records, pending, relayed, unsent = (
+        records, pending, relayed, unsent, refused = (
             now - then for now, then in zip(self.proxy.records(), self.before, strict=True)
         )
         served = self.fake.requests()
-        ok = relayed == served and records == relayed + unsent and pending == 0
+        ok = relayed == served and records == relayed + unsent + refused and pending == 0
         results.setdefault("records", {})[scenario] = {
             "records": records, "pending": pending, "relayed": served,
-            "unsent_client_left": unsent, "ok": ok,
+            "unsent_client_left": unsent, "refused_by_proxy": refused, "ok": ok,
         }  # fmt: skip
         print(
             f"  {scenario:24} {records:,} records: {relayed:,} relayed (upstream served {served:,}),"
-            f" {unsent} unsent (client left), {pending} pending: {'OK' if ok else 'RECORDS LOST OR EXTRA'}",
+            f" {unsent} unsent (client left), {refused} answered by the proxy, {pending} pending:"
+            f" {'OK' if ok else 'RECORDS LOST OR EXTRA'}",
             flush=True,
         )
 

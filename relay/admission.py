@@ -1,9 +1,12 @@
 """Whether a request may go upstream: rate limits, then the atomic reservation of its budget.
 
-The reservation runs in a database thread and is waited for at most PROXY_DB_TIMEOUT
-seconds. A client is never kept waiting on a stuck database, and the reservation is never
-lost: if it is granted after the client was answered 503, it is ended at once (released, and
-recorded as that 503).
+The reservation runs in a database thread. A client is never kept waiting on a stuck
+database: once its reservation has waited PROXY_DB_TIMEOUT seconds and the database has
+finished none of the relay's work meanwhile, it is answered 503. A reservation waiting behind
+other requests' (a burst of thousands at once) waits on while the database keeps answering,
+up to _QUEUED_AT_MOST, rather than failing requests a working database would have granted.
+The reservation is never lost: if it is granted after the client was answered 503, it is
+ended at once (released, and recorded as that 503).
 """
 
 from __future__ import annotations
@@ -25,12 +28,14 @@ from keys.services import (
     quota_reserve_many,
 )
 from relay import errors, lifecycle, recording
-from relay.database import UNAVAILABLE, in_db_thread
+from relay.database import UNAVAILABLE, answering, in_db_thread
 from relay.exchange import Exchange
 from usage.pricing import Price
 
 # Times a reservation refused only because of other requests' reservations is tried again.
 _SETTLE_RETRIES = 3
+# Longest a reservation waits behind others' while the database keeps answering (seconds).
+_QUEUED_AT_MOST = 30.0
 # SQLite: reservations that arrive while others are being made go to the database together.
 _MAX_TOGETHER = 64
 _SQLITE = settings.DATABASES["default"]["ENGINE"].endswith("sqlite3")
@@ -85,6 +90,20 @@ def _granted_late(ex: Exchange, future: asyncio.Future[Reservation]) -> None:
     ex.finish(503, error_code="database_timeout")
 
 
+async def _waited(future: asyncio.Future[Reservation]) -> Reservation:
+    """The reservation, or TimeoutError once the database stopped answering (see above)."""
+    timeout = settings.PROXY_DB_TIMEOUT
+    waited = 0.0
+    while True:
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout=timeout)
+        except TimeoutError:
+            waited += timeout
+            if waited >= _QUEUED_AT_MOST or not answering(within=timeout):
+                raise
+            timeout = min(timeout, _QUEUED_AT_MOST - waited)
+
+
 async def grant(
     ex: Exchange, *, cost: Decimal, tokens: int, rate_tokens: int, price: Price | None = None
 ) -> HttpResponse | None:
@@ -107,9 +126,7 @@ async def grant(
     for attempt in range(_SETTLE_RETRIES + 1):
         future = _reserve(key=ex.key, cost=cost, tokens=tokens, now=ex.now, record=record)
         try:
-            ex.reservation = await asyncio.wait_for(
-                asyncio.shield(future), timeout=settings.PROXY_DB_TIMEOUT
-            )
+            ex.reservation = await _waited(future)
             return None
         except TimeoutError:
             ex.finish_later = True

@@ -40,6 +40,8 @@ T = TypeVar("T")
 UNAVAILABLE = (OperationalError, InterfaceError)
 _generation = 0
 _local = threading.local()
+# When the request lane last finished a piece of work (monotonic seconds).
+_last_answer = time.monotonic()
 
 
 class _OneThread:
@@ -129,10 +131,25 @@ def _fresh(fn: Callable[..., T], *args: object, **kwargs: object) -> T:
         raise
 
 
+def _answered(fn: Callable[..., T], *args: object, **kwargs: object) -> T:
+    global _last_answer
+    try:
+        return _fresh(fn, *args, **kwargs)
+    finally:
+        _last_answer = time.monotonic()
+
+
+def answering(*, within: float) -> bool:
+    """Whether the request lane finished some work in the last `within` seconds. A request
+    still waiting for its database work then waits behind other requests' work (load), not
+    on a database that is stuck or unreachable."""
+    return time.monotonic() - _last_answer < within
+
+
 def in_db_thread(fn: Callable[..., T], *args: object, **kwargs: object) -> asyncio.Future[T]:
     """Run `fn` in a request-path database thread. Returns a future: a caller that stops
     waiting (it timed out, or its request was cancelled) can still see how the work ended."""
-    job = functools.partial(_fresh, fn, *args, **kwargs)
+    job = functools.partial(_answered, fn, *args, **kwargs)
     return asyncio.wrap_future(_get_lanes().request(job))
 
 

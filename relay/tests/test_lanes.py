@@ -72,3 +72,52 @@ def test_each_lane_keeps_its_own_connection_healthy(fresh_lanes):
         return await asyncio.gather(database.in_db_thread(ask), database.in_writer_thread(ask))
 
     assert asyncio.run(both()) == [1, 1]
+
+
+# -- how long a reservation waits (relay.admission._waited) -----------------------------------
+
+
+def _wait_for_slow_answer(monkeypatch, *, database_keeps_answering: bool) -> str:
+    from django.conf import settings
+
+    from relay import admission
+
+    monkeypatch.setattr(settings, "PROXY_DB_TIMEOUT", 0.2)
+
+    async def scenario() -> str:
+        loop = asyncio.get_running_loop()
+        reservation = loop.create_future()
+        loop.call_later(0.7, reservation.set_result, "granted")
+
+        async def others_work() -> None:  # other requests' reservations, answered meanwhile
+            while not reservation.done():
+                await database.in_db_thread(lambda: None)
+                await asyncio.sleep(0.05)
+
+        busy = loop.create_task(others_work()) if database_keeps_answering else None
+        try:
+            return await admission._waited(reservation)
+        except TimeoutError:
+            return "503"
+        finally:
+            if busy is not None:
+                await busy
+
+    monkeypatch.setattr(database, "_last_answer", time.monotonic() - 60)
+    return asyncio.run(scenario())
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_reservation_queued_behind_others_waits_while_the_database_answers(
+    fresh_lanes, monkeypatch
+):
+    # A burst of 2,000 streams at once had 268 answered 503 database_timeout while the
+    # database was answering every batch: their reservations were only queued.
+    assert _wait_for_slow_answer(monkeypatch, database_keeps_answering=True) == "granted"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_reservation_on_a_database_that_answers_nothing_gets_503_in_time(
+    fresh_lanes, monkeypatch
+):
+    assert _wait_for_slow_answer(monkeypatch, database_keeps_answering=False) == "503"

@@ -12,6 +12,8 @@ import asyncio
 import dataclasses
 import datetime as dt
 import logging
+import os
+import random
 import time
 import uuid
 from collections import OrderedDict
@@ -39,6 +41,10 @@ REDACTED = "[redacted]"
 # fetching it would otherwise race the write and get a 404 for its own response.
 _recent_responses: OrderedDict[str, tuple[int, int | None]] = OrderedDict()
 _RECENT_RESPONSES_MAX = 10_000
+# Record ids: seeded from os.urandom, and again in a forked child, so two server processes
+# never draw the same sequence (uvicorn's workers are spawned, a preloading server forks).
+_uids = random.Random()
+os.register_at_fork(after_in_child=_uids.seed)
 
 
 def response_owner(response_id: str) -> tuple[int, int | None] | None:
@@ -97,7 +103,9 @@ class Exchange:
         self.cancel_on_leave: asyncio.Task | None = None
         self.pending: UsageRecord | None = None
         self.book: PriceBook | None = None  # the prices this request was sized with
-        self.uid = uuid.uuid4()  # its record's, so a write heard as failed is found again
+        # Its record's, so a write heard as failed is found again. Random like uuid4, from a
+        # generator seeded once: uuid4 asks the kernel each time (a syscall per request).
+        self.uid = uuid.UUID(int=_uids.getrandbits(128), version=4)
         # True when something else has taken on finishing it (a reservation still on its way).
         self.finish_later = False
         self.tools = BuiltinTools()  # the server-side tools it enabled, billed per call

@@ -115,7 +115,7 @@ def wrk(url: str, key: str, *, connections: int, seconds: int) -> WrkRun:
                           "--timeout", "30s", "-s", str(script), url]),
         env=env, capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
-    if not re.search(r"^\s+99%\s+\S+$", out, re.M):
+    if not re.search(r"^\s+99%\s+\S+\s*$", out, re.M):
         raise RuntimeError(f"wrk gave no latency distribution for {url}:\n{out}")
     done = re.search(r"(\d+) requests in ([\d.]+)(\w+)", out)
     errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
@@ -128,8 +128,8 @@ def wrk(url: str, key: str, *, connections: int, seconds: int) -> WrkRun:
         seconds=seconds_taken,
         rps=float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
         errors=errors,
-        p50_ms=_ms(re.search(r"^\s+50%\s+(\S+)$", out, re.M).group(1)),
-        p99_ms=_ms(re.search(r"^\s+99%\s+(\S+)$", out, re.M).group(1)),
+        p50_ms=_ms(re.search(r"^\s+50%\s+(\S+)\s*$", out, re.M).group(1)),
+        p99_ms=_ms(re.search(r"^\s+99%\s+(\S+)\s*$", out, re.M).group(1)),
     )
 
 

@@ -291,7 +291,9 @@ def time_pages(actors: dict[str, object], runs: int, warmup: int) -> list[tuple]
         ("staff", "API records, first page, staff", "/api/usage/"),
         ("user", "API records, first page, user", "/api/usage/"),
     ]
-    clients = {"user": Client(), "staff": Client()}
+    # A host the settings allow (Client's own "testserver" is answered 400 DisallowedHost,
+    # which this benchmark once timed as a fast page).
+    clients = {"user": Client(HTTP_HOST="localhost"), "staff": Client(HTTP_HOST="localhost")}
     clients["user"].force_login(user)
     clients["staff"].force_login(staff)
     results = []
@@ -310,8 +312,9 @@ def time_pages(actors: dict[str, object], runs: int, warmup: int) -> list[tuple]
         samples = []
         for _ in range(runs):
             began = time.perf_counter()
-            client.get(url)
+            answered = client.get(url).status_code
             samples.append((time.perf_counter() - began) * 1000)
+            status = status if answered == status else f"{status} then {answered}"
         p50, p95 = percentile(samples, 50), percentile(samples, 95)
         results.append((name, url, first, p50, p95, status))
     return results
@@ -391,7 +394,9 @@ def main() -> None:
             print(f"{name:<{width}}  {'—':>8}  {'—':>8}  {'—':>8}  {status}")
             continue
         print(f"{name:<{width}}  {first:8.1f}  {p50:8.1f}  {p95:8.1f}  {status}")
-        if (url.startswith("/dashboard/") or "/summary/" in url) and p95 >= 300:
+        if status != 200:
+            slow.append(f"{name} (answered {status}, not a page)")
+        elif (url.startswith("/dashboard/") or "/summary/" in url) and p95 >= 300:
             slow.append(name)
     print()
     verdict = "met" if not slow else f"MISSED by {slow}"

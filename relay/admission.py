@@ -28,7 +28,7 @@ from keys.services import (
     quota_reserve_many,
 )
 from relay import errors, lifecycle, recording
-from relay.database import UNAVAILABLE, answering, in_db_thread
+from relay.database import ON_SQLITE, UNAVAILABLE, answering, in_db_thread
 from relay.exchange import Exchange
 from usage.pricing import Price
 
@@ -38,7 +38,6 @@ _SETTLE_RETRIES = 3
 _QUEUED_AT_MOST = 30.0
 # SQLite: reservations that arrive while others are being made go to the database together.
 _MAX_TOGETHER = 64
-_SQLITE = settings.DATABASES["default"]["ENGINE"].endswith("sqlite3")
 _waiting: list[tuple[dict, asyncio.Future[Reservation]]] = []
 _making: asyncio.Task | None = None
 
@@ -49,7 +48,7 @@ def _reserve(**request: object) -> asyncio.Future[Reservation]:
     made wait and go together, in one transaction (keys.services.quota_reserve_many): under
     load a commit per batch rather than per request; alone, a request goes at once. On
     PostgreSQL each goes on its own (one statement, in autocommit, on a pool of threads)."""
-    if not _SQLITE:
+    if not ON_SQLITE:
         return in_db_thread(quota_reserve, **request)
     global _making
     loop = asyncio.get_running_loop()

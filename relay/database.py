@@ -33,11 +33,14 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
+from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection
 
 T = TypeVar("T")
 # What a database that is down, restarting or unreachable raises (psycopg2 and sqlite3 alike).
 UNAVAILABLE = (OperationalError, InterfaceError)
+# One database thread for both lanes, a small writer batch, reservations made together.
+ON_SQLITE = settings.DATABASES["default"]["ENGINE"].endswith("sqlite3")
 _generation = 0
 _local = threading.local()
 # When the request lane last finished a piece of work (monotonic seconds).
@@ -82,7 +85,7 @@ class _OneThread:
 
 class _Lanes:
     def __init__(self) -> None:
-        if connection.vendor == "sqlite":
+        if ON_SQLITE:
             one = _OneThread()
             self.request = functools.partial(one.submit, urgent=True)
             self.background = functools.partial(one.submit, urgent=False)

@@ -27,7 +27,7 @@ from pathlib import Path
 from django.conf import settings
 from django.db import models
 
-from relay.database import UNAVAILABLE, in_writer_thread
+from relay.database import ON_SQLITE, UNAVAILABLE, in_writer_thread
 from usage.models import UsageRecord
 from usage.services import usage_record_release, usage_records_write
 
@@ -35,14 +35,9 @@ log = logging.getLogger(__name__)
 GATHER_SECONDS = 0.05
 
 
-def _batch_size() -> int:
-    # On SQLite the writer shares the request path's one database thread (relay.database): a
-    # small batch is all a reservation that arrives meanwhile can wait behind.
-    from django.db import connection
-
-    return 32 if connection.vendor == "sqlite" else 500
-
-
+# On SQLite the writer shares the request path's one database thread (relay.database): a
+# small batch is all a reservation that arrives meanwhile can wait behind.
+BATCH = 32 if ON_SQLITE else 500
 _queue: list[tuple[UsageRecord, asyncio.Future]] = []
 _wakeup: asyncio.Event | None = None
 _writer: asyncio.Task | None = None
@@ -155,17 +150,16 @@ def write_now(records: list[UsageRecord]) -> _Outcome:
 async def _write_forever() -> None:
     assert _wakeup is not None
     failures = 0
-    batch_size = _batch_size()
     while True:
         await _wakeup.wait()
         # Gather what finishes in the next moment: one transaction for many records costs a
         # fraction of one each, and keeps the database thread from interleaving a write with
         # every request (the records are there a few tens of milliseconds later).
-        if len(_queue) < batch_size:
+        if len(_queue) < BATCH:
             await asyncio.sleep(GATHER_SECONDS)
         _wakeup.clear()
         while _queue:
-            batch = _queue[:batch_size]
+            batch = _queue[:BATCH]
             try:
                 await in_writer_thread(write_now, [record for record, _ in batch])
             except UNAVAILABLE:

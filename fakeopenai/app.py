@@ -13,7 +13,18 @@ from pathlib import Path
 import orjson
 from aiohttp import web
 
-from fakeopenai import catalog, chat, control, embeddings, moderations, responses
+from fakeopenai import (
+    audio_api,
+    batch_api,
+    catalog,
+    chat,
+    control,
+    embeddings,
+    file_api,
+    image_api,
+    moderations,
+    responses,
+)
 from fakeopenai.counting import install_encodings
 from fakeopenai.errors import OpenAIError, requested_failure
 from fakeopenai.knobs import Knobs
@@ -154,7 +165,25 @@ def create_app(
     app.router.add_post("/v1/moderations", moderations.moderations)
     app.router.add_get("/v1/models", catalog.list_models)
     app.router.add_get("/v1/models/{model_id}", catalog.retrieve_model)
+    app.router.add_post("/v1/images/generations", image_api.generations)
+    app.router.add_post("/v1/images/edits", image_api.edits)
+    app.router.add_post("/v1/images/variations", image_api.variations)
+    app.router.add_post("/v1/audio/speech", audio_api.speech)
+    app.router.add_post("/v1/audio/transcriptions", audio_api.transcriptions)
+    app.router.add_post("/v1/audio/translations", audio_api.translations)
+    app.router.add_post("/v1/files", file_api.create_file)
+    app.router.add_get("/v1/files", file_api.list_files)
+    app.router.add_get("/v1/files/{file_id}", file_api.retrieve_file)
+    app.router.add_delete("/v1/files/{file_id}", file_api.delete_file)
+    app.router.add_get("/v1/files/{file_id}/content", file_api.file_content)
+    app.router.add_post("/v1/batches", batch_api.create_batch)
+    app.router.add_get("/v1/batches", batch_api.list_batches)
+    app.router.add_get("/v1/batches/{batch_id}", batch_api.retrieve_batch)
+    app.router.add_post("/v1/batches/{batch_id}/cancel", batch_api.cancel_batch)
     app.router.add_get("/_fake/stats", control.stats)
     app.router.add_get("/_fake/bills", control.bills)
     app.router.add_post("/_fake/reset", control.reset)
+    app.router.add_post("/_fake/batches/{batch_id}/complete", control.complete_batch)
+    # Batches run in the background: stopped with the server.
+    app.on_cleanup.append(batch_api.stop_batches)
     return app

@@ -66,6 +66,13 @@ def count_text(text: str, model: str) -> int:
     return len(encoder(encoding_for(model)).encode(text, disallowed_special=()))
 
 
+def count_o200k(text: str) -> int:
+    """Text read by the image and audio models, which OpenAI counts in o200k_base."""
+    if not text:
+        return 0
+    return len(encoder("o200k_base").encode(text, disallowed_special=()))
+
+
 def _content_tokens(content: object, model: str, parts: PartCounter) -> int:
     """A message's content: a string, or parts (text, images, audio, files)."""
     if isinstance(content, str):

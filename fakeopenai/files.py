@@ -2,9 +2,10 @@
 
 What the fake assumes OpenAI bills for a file: its extracted text and page images, which
 the fake cannot make, so it bills one input token for every 3 bytes of the file sent as
-`file_data` (rounded up). The fake keeps no uploaded files: a `file_id` is answered 404 as
-OpenAI answers an id it does not know (the proxy refuses file ids itself), and a `file_url`
-is refused rather than fetched or billed as nothing.
+`file_data` (rounded up). The fake keeps uploaded files (`fakeopenai.file_api`) but never
+reads one into a prompt: a `file_id` is answered 404 as OpenAI answers an id it does not
+know, stored or not (the proxy refuses file ids itself, so no test needs one billed), and a
+`file_url` is refused rather than fetched or billed as nothing.
 """
 
 from __future__ import annotations

@@ -4,21 +4,34 @@ What the fake assumes OpenAI bills when a request ends badly: a refused request 
 client gone before the headers its input only (with its audio and tool calls, which ran
 before any output); a stream cut, ended early or left its input and the output that went out
 (the audio with the words it came with); a stored response is re-billed, input and output,
-as the history of a response that continues it (`fakeopenai.responses`).
+as the history of a response that continues it (`fakeopenai.responses`). A batch bills each
+line it ran as a request of its own, marked with the batch and the line (`fakeopenai.batch_api`);
+the calls to /v1/files and /v1/batches themselves bill nothing (a bill of 0/0). An images or
+audio bill alone also carries that family's measures (images made, characters, seconds heard
+…; `fakeopenai.image_api`, `fakeopenai.audio_api`): the input ones billed like the prompt,
+the output ones like the completion.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from aiohttp import web
+
+if TYPE_CHECKING:  # batch_api reads the state, so the import only goes one way at run time
+    from fakeopenai.batch_api import BatchRun
 
 # Bounded so a benchmark of a million calls cannot grow the process without end.
 MAX_STORED_RESPONSES = 10_000
 MAX_BILLS = 100_000
+# Uploaded files and batch output kept for /v1/files, oldest dropped first past either bound.
+MAX_STORED_FILES = 10_000
+MAX_STORED_FILE_BYTES = 256 * 1024**2
+MAX_STORED_BATCHES = 10_000
 
 Outcome = Literal["completed", "cut", "ended_early", "client_gone", "error"]
 
@@ -44,6 +57,21 @@ class Tab:
     audio_output_tokens: int = 0  # the whole answer's, as usage reports it
     audio_progress: Callable[[int], int] | None = None
     tool_calls: dict[str, int] = field(default_factory=dict)  # by built-in tool type
+    # A line a batch ran (`fakeopenai.batch_api`): the batch and the line's custom_id.
+    batch_id: str | None = None
+    custom_id: str | None = None
+    # Images and audio (`fakeopenai.image_api`, `fakeopenai.audio_api`); their bills alone
+    # carry these. Inside prompt_tokens: text_input_tokens, image_input_tokens; inside
+    # output_tokens: image_output_tokens.
+    images: int = 0  # the images made
+    image_progress: Callable[[int], int] | None = None  # images out once n frames were written
+    image_size: str | None = None
+    image_quality: str | None = None
+    text_input_tokens: int = 0
+    image_input_tokens: int = 0
+    image_output_tokens: int = 0
+    characters: int = 0  # tts-1 and tts-1-hd bill the characters spoken
+    audio_seconds: int = 0  # whisper-1 bills the seconds heard
 
     def charge(
         self,
@@ -79,7 +107,7 @@ class Tab:
             frames = self.content_frames
             completion = self.progress(frames) if self.progress else 0
             audio_output = self.audio_progress(frames) if self.audio_progress else 0
-        return {
+        bill = {
             "request_id": self.request_id,
             "path": self.path,
             "model": self.model,
@@ -96,8 +124,48 @@ class Tab:
             "audio_input_tokens": audio_input,
             "audio_output_tokens": audio_output,
             "tool_calls": dict(tool_calls),
+            **self._media_bill(outcome, completion),
+        }
+        if self.batch_id is not None:
+            # Only a batch line's bill says so: a direct request's keeps its keys.
+            bill["batch_id"], bill["custom_id"] = self.batch_id, self.custom_id
+        return bill
+
+    def _media_bill(self, outcome: Outcome, completion: int) -> dict[str, Any]:
+        """An images or audio request's own measures: the input ones billed unless refused,
+        the output ones as the tokens are."""
+        if not self.path.startswith(MEDIA_PATHS):
+            return {}
+        billed = outcome != "error"
+        if outcome == "completed":
+            images, image_output = self.images, self.image_output_tokens
+        elif not billed or self.status is None:
+            images = image_output = 0
+        else:
+            images = self.image_progress(self.content_frames) if self.image_progress else 0
+            image_output = min(self.image_output_tokens, completion)
+        return {
+            "images": images,
+            "image_size": self.image_size,
+            "image_quality": self.image_quality,
+            "text_input_tokens": self.text_input_tokens if billed else 0,
+            "image_input_tokens": self.image_input_tokens if billed else 0,
+            "image_output_tokens": image_output,
+            "characters": self.characters if billed else 0,
+            "audio_seconds": self.audio_seconds if billed else 0,
         }
 
+
+MEDIA_PATHS = ("/v1/images/", "/v1/audio/")
+# Totalled once an images or audio request was billed.
+MEDIA_TOTALLED = (
+    "images",
+    "text_input_tokens",
+    "image_input_tokens",
+    "image_output_tokens",
+    "characters",
+    "audio_seconds",
+)
 
 _TOTALLED = ("prompt_tokens", "completion_tokens", "audio_input_tokens", "audio_output_tokens")
 
@@ -116,6 +184,15 @@ class StoredResponse:
     output_tokens: int
 
 
+@dataclass(frozen=True)
+class StoredFile:
+    """A file for /v1/files: an upload, or a batch's output or error file. `info` is its
+    FileObject."""
+
+    info: dict[str, Any]
+    content: bytes
+
+
 @dataclass
 class FakeState:
     """What the fake saw; read by tests through /_fake/stats and /_fake/bills."""
@@ -131,6 +208,13 @@ class FakeState:
     # after old bills fall off the end.
     bills: OrderedDict[str, dict[str, Any]] = field(default_factory=OrderedDict)
     bill_totals: dict[str, Any] = field(default_factory=_no_bills)
+    # By id, oldest first (`fakeopenai.file_api`, `fakeopenai.batch_api`).
+    files: OrderedDict[str, StoredFile] = field(default_factory=OrderedDict)
+    file_bytes: int = 0
+    batches: OrderedDict[str, BatchRun] = field(default_factory=OrderedDict)
+    # The batches running in the background, kept so they are not collected mid-run and can
+    # be cancelled by a reset and when the app is cleaned up.
+    batch_tasks: set[asyncio.Task[None]] = field(default_factory=set)
     # Set once served through `start_server`; aiohttp keeps the live connections there.
     web_server: web.Server | None = None
 
@@ -139,6 +223,34 @@ class FakeState:
         self.responses.move_to_end(response["id"])
         while len(self.responses) > MAX_STORED_RESPONSES:
             self.responses.popitem(last=False)
+
+    def store_file(self, stored: StoredFile) -> None:
+        file_id = stored.info["id"]
+        self.drop_file(file_id)
+        self.files[file_id] = stored
+        self.file_bytes += len(stored.content)
+        while len(self.files) > 1 and (
+            len(self.files) > MAX_STORED_FILES or self.file_bytes > MAX_STORED_FILE_BYTES
+        ):
+            _, dropped = self.files.popitem(last=False)
+            self.file_bytes -= len(dropped.content)
+
+    def drop_file(self, file_id: str) -> StoredFile | None:
+        stored = self.files.pop(file_id, None)
+        if stored is not None:
+            self.file_bytes -= len(stored.content)
+        return stored
+
+    def remember_batch(self, batch: BatchRun) -> None:
+        self.batches[batch.id] = batch
+        while len(self.batches) > MAX_STORED_BATCHES:
+            _, dropped = self.batches.popitem(last=False)
+            if dropped.task is not None:
+                dropped.task.cancel()
+
+    def start_batch(self, task: asyncio.Task[None]) -> None:
+        self.batch_tasks.add(task)
+        task.add_done_callback(self.batch_tasks.discard)
 
     def close_tab(self, tab: Tab) -> dict[str, Any]:
         bill = tab.bill()
@@ -151,10 +263,20 @@ class FakeState:
             totals[name] += bill[name]
         for tool_type, calls in bill["tool_calls"].items():
             totals["tool_calls"][tool_type] = totals["tool_calls"].get(tool_type, 0) + calls
+        for name in MEDIA_TOTALLED:
+            if name in bill:
+                totals[name] = totals.get(name, 0) + bill[name]
         return bill
 
     def reset(self) -> None:
-        """Forget what was seen and billed; streams still open stay counted."""
+        """Forget what was seen and billed, files and batches too (a running batch is stopped
+        where it is, its line in flight unbilled); streams still open stay counted."""
+        for task in self.batch_tasks:
+            task.cancel()
+        self.batch_tasks.clear()
+        self.batches.clear()
+        self.files.clear()
+        self.file_bytes = 0
         self.requests = 0
         self.by_path.clear()
         self.last_request = None

@@ -206,7 +206,7 @@ def test_errors_auth_unknown_url_and_requested_failure(client, fake):
         openai.OpenAI(api_key="sk-client", base_url=fake.base_url, max_retries=0).models.list()
     assert denied.value.code == "invalid_api_key"
     with pytest.raises(openai.NotFoundError) as unknown:
-        client.get("/files/nope", cast_to=object)
+        client.get("/nope/nope", cast_to=object)
     assert unknown.value.code == "unknown_url"
     with pytest.raises(openai.RateLimitError) as limited:
         client.chat.completions.create(

@@ -225,7 +225,7 @@ class Exchange:
         price: Price | None = None
         if usage is not None and book is not None:
             cost, price = book.bill(response_model or self.model, usage, tier=tier, at=self.now)
-        elif usage is not None and (usage.total or usage.tool_calls):
+        elif usage is not None and usage.billable:
             cost = None  # no price table at all: unpriced, never $0
         usage = usage or TokenUsage()
         record = self.pending if self.pending is not None else UsageRecord()
@@ -245,6 +245,10 @@ class Exchange:
             "reasoning_tokens": usage.reasoning,
             "audio_input_tokens": usage.audio_input,
             "audio_output_tokens": usage.audio_output,
+            "image_input_tokens": usage.image_input,
+            "image_output_tokens": usage.image_output,
+            "characters": usage.characters,
+            "audio_seconds": usage.audio_seconds,
             "cost_usd": cost,
             "price_id": price.id if price is not None else None,
             "tool_calls": dict(usage.tool_calls) or None,

@@ -34,6 +34,11 @@ PRICE_COLUMNS = (
     "audio_input_per_1m",
     "audio_output_per_1m",
     "audio_cached_input_per_1m",
+    "image_input_per_1m",
+    "image_cached_input_per_1m",
+    "image_output_per_1m",
+    "characters_per_1m",
+    "audio_per_minute",
 )
 
 # A price row valid since the beginning: what the shipped file is loaded with.
@@ -69,6 +74,18 @@ class ModelPrice(models.Model):
     audio_input_per_1m = models.DecimalField("audio input", **PRICE)
     audio_output_per_1m = models.DecimalField("audio output", **PRICE)
     audio_cached_input_per_1m = models.DecimalField("audio cached input", **PRICE)
+    # Image models bill image tokens at their own rates (text tokens at the rates above).
+    image_input_per_1m = models.DecimalField("image input", **PRICE)
+    image_cached_input_per_1m = models.DecimalField("image cached input", **PRICE)
+    image_output_per_1m = models.DecimalField("image output", **PRICE)
+    # Models not billed by the token: speech per character (tts-1), audio per minute
+    # (whisper-1). DALL·E is billed per image by the fee table (ToolPrice, tool "image").
+    characters_per_1m = models.DecimalField(
+        "per 1M characters", **PRICE, help_text="USD per 1M characters of input (tts-1)."
+    )
+    audio_per_minute = models.DecimalField(
+        "per minute of audio", **PRICE, help_text="USD per minute of audio (whisper-1)."
+    )
     deprecation_date = models.DateField(null=True, blank=True)
     max_input_tokens = models.PositiveIntegerField(null=True, blank=True)
     # A database default too: a process of the previous release still loading prices while
@@ -178,6 +195,13 @@ class UsageRecord(models.Model):
     reasoning_tokens = models.PositiveIntegerField(default=0)
     audio_input_tokens = models.PositiveIntegerField(default=0)
     audio_output_tokens = models.PositiveIntegerField(default=0)
+    # Inside prompt / completion tokens, billed at the image rates (gpt-image models).
+    image_input_tokens = models.PositiveIntegerField(default=0, db_default=0)
+    image_output_tokens = models.PositiveIntegerField(default=0, db_default=0)
+    # What models not billed by the token are billed by: characters spoken (tts-1), seconds
+    # of audio heard (whisper-1); DALL·E's images are in `tool_calls` (`image:<quality>:<size>`).
+    characters = models.PositiveIntegerField(default=0, db_default=0)
+    audio_seconds = models.PositiveIntegerField(default=0, db_default=0)
     cost_usd = MoneyField(null=True, blank=True, help_text="Empty when the model has no price.")
     # The price row the cost was computed with (kept for `manage.py reprice` and for reports
     # that must say which price applied), and the built-in tool calls billed per call.

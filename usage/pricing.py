@@ -26,6 +26,14 @@ _RESOLVED_MAX = 10_000
 FREE_TIERS = ("", "default", "auto", "standard")
 ZERO = Decimal(0)
 _DATED = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{4})$")
+# A row with any of these is priced (DALL·E rows have none: their fees are per image).
+_PRICED_BY = (
+    "input_per_1m",
+    "output_per_1m",
+    "image_output_per_1m",
+    "characters_per_1m",
+    "audio_per_minute",
+)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -43,10 +51,21 @@ class TokenUsage:
     audio_input: int = 0
     audio_output: int = 0
     tool_calls: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    # Image tokens (gpt-image models) are inside `prompt` and `completion` too.
+    image_input: int = 0
+    image_output: int = 0
+    # Units of models not billed by the token: characters (tts-1), seconds of audio (whisper-1).
+    characters: int = 0
+    audio_seconds: int = 0
 
     @property
     def total(self) -> int:
         return self.prompt + self.completion
+
+    @property
+    def billable(self) -> bool:
+        """Whether anything was used that costs money."""
+        return bool(self.total or self.tool_calls or self.characters or self.audio_seconds)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -64,10 +83,15 @@ class Ceiling:
     output: int = 0
     audio_output: bool = False
     tool_calls: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    # Image tokens, billed at the image rates; not inside `input` / `output`.
+    image_input: int = 0
+    image_output: int = 0
+    characters: int = 0
+    audio_seconds: int = 0
 
     @property
     def tokens(self) -> int:
-        return self.input + self.audio_input + self.output
+        return self.input + self.audio_input + self.output + self.image_input + self.image_output
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -84,10 +108,29 @@ class Price:
 
     @property
     def is_priced(self) -> bool:
-        return (
-            self.rates.get("input_per_1m") is not None
-            or self.rates.get("output_per_1m") is not None
-        )
+        return any(self.rates.get(c) is not None for c in _PRICED_BY)
+
+    def unpriced_units(self, usage: TokenUsage | Ceiling) -> str | None:
+        """The first thing `usage` holds that this row has no rate for (image tokens on a row
+        without image rates, characters, seconds), else None: never priced as $0."""
+        for amount, column in (
+            (usage.image_input, "image_input_per_1m"),
+            (usage.image_output, "image_output_per_1m"),
+            (usage.characters, "characters_per_1m"),
+            (usage.audio_seconds, "audio_per_minute"),
+        ):
+            if amount and self.rates.get(column) is None:
+                return column
+        return None
+
+    def _unit_cost(self, usage: TokenUsage | Ceiling) -> Decimal:
+        """Characters and seconds of audio, at their own rates (zero where unused)."""
+        total = ZERO
+        if usage.characters:
+            total += usage.characters * (self.rate("characters_per_1m") or ZERO) / PER_TOKEN
+        if usage.audio_seconds:
+            total += usage.audio_seconds * (self.rate("audio_per_minute") or ZERO) / 60
+        return total
 
     def tier_rates(self, tier: str | None, prompt_tokens: int) -> tuple[Decimal, Decimal, Decimal]:
         """(input, cached input, output) per 1M for the tier actually used."""
@@ -121,16 +164,26 @@ class Price:
         audio_out_tokens = usage.audio_output if audio_out is not None else 0
         write_tokens = usage.cache_write if cache_write is not None else 0
         cached_tokens = min(usage.cached, usage.prompt)
-        text_in = max(usage.prompt - cached_tokens - write_tokens - audio_in_tokens, 0)
-        text_out = max(usage.completion - audio_out_tokens, 0)
+        image_in = self.rate("image_input_per_1m")
+        image_out = self.rate("image_output_per_1m")
+        image_in_tokens = usage.image_input if image_in is not None else 0
+        image_out_tokens = usage.image_output if image_out is not None else 0
+        text_in = max(
+            usage.prompt - cached_tokens - write_tokens - audio_in_tokens - image_in_tokens, 0
+        )
+        text_out = max(usage.completion - audio_out_tokens - image_out_tokens, 0)
         total = text_in * inp + cached_tokens * cached + text_out * out
+        if image_in_tokens:
+            total += image_in_tokens * image_in
+        if image_out_tokens:
+            total += image_out_tokens * image_out
         if write_tokens:
             total += write_tokens * cache_write
         if audio_in_tokens:
             total += audio_in_tokens * audio_in
         if audio_out_tokens:
             total += audio_out_tokens * audio_out
-        return total / PER_TOKEN
+        return total / PER_TOKEN + self._unit_cost(usage)
 
     def _dearest(self, *columns: str) -> Decimal:
         rates = [self.rate(c) for c in columns]
@@ -146,7 +199,11 @@ class Price:
         if ceiling.audio_output:
             out = max(out, self._dearest("audio_output_per_1m"))
         total = ceiling.input * inp + ceiling.audio_input * audio_in + ceiling.output * out
-        return total / PER_TOKEN
+        if ceiling.image_input:
+            total += ceiling.image_input * max(inp, self._dearest("image_input_per_1m"))
+        if ceiling.image_output:
+            total += ceiling.image_output * max(out, self._dearest("image_output_per_1m"))
+        return total / PER_TOKEN + self._unit_cost(ceiling)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -286,6 +343,8 @@ class PriceBook:
     ) -> Decimal | None:
         """A request's whole cost: its tokens and its built-in tool calls (None if a tool
         call has no fee: unpriced, never $0)."""
+        if price.unpriced_units(usage) is not None:
+            return None
         tools = self.tool_cost(usage.tool_calls, model, at)
         return None if tools is None else price.cost(usage, tier) + tools
 
@@ -295,10 +354,11 @@ class PriceBook:
         """What a request's usage costs, and the price row that says so: (None, row) when
         unpriced (never $0); nothing used costs $0 whatever the model. `tier` is the
         service tier OpenAI answered with."""
-        if not (usage.total or usage.tool_calls):
+        if not usage.billable:
             return ZERO, None
         price = self.price(model, at)
-        if price is None or not price.is_priced:
+        # A row with no rates prices only what has no tokens: DALL·E's images, by the fee table.
+        if price is None or not (price.is_priced or not usage.total):
             return None, price
         billed_tier = None if tier in FREE_TIERS else tier
         return self.cost(price, usage, tier=billed_tier, model=model, at=at), price
@@ -308,6 +368,8 @@ class PriceBook:
     ) -> Decimal | None:
         """The most a request bounded by `ceiling` can cost; None if a tool it may call has
         no fee in the table (it cannot be bounded)."""
+        if price.unpriced_units(ceiling) is not None:
+            return None
         tools = self.tool_cost(ceiling.tool_calls, model, at)
         return None if tools is None else price.worst_case_tokens(ceiling) + tools
 

@@ -62,6 +62,10 @@ def _usage(record: UsageRecord) -> TokenUsage:
         audio_input=record.audio_input_tokens,
         audio_output=record.audio_output_tokens,
         tool_calls=record.tool_calls or {},
+        image_input=record.image_input_tokens,
+        image_output=record.image_output_tokens,
+        characters=record.characters,
+        audio_seconds=record.audio_seconds,
     )
 
 

@@ -32,8 +32,14 @@ def load(apps, schema_editor) -> None:  # noqa: ANN001 (migration signature)
     ModelPrice = apps.get_model("usage", "ModelPrice")
     ModelAlias = apps.get_model("usage", "ModelAlias")
     ToolPrice = apps.get_model("usage", "ToolPrice")
+    # The columns this migration's model has: later files add columns later migrations add.
+    columns = {f.name for f in ModelPrice._meta.get_fields()}
     for line in _read("openai_prices.csv"):
-        rates = {c: (Decimal(v) if v else None) for c, v in line.items() if c.endswith("_per_1m")}
+        rates = {
+            c: (Decimal(v) if v else None)
+            for c, v in line.items()
+            if c.endswith("_per_1m") and c in columns
+        }
         ModelPrice.objects.filter(model=line["model"], source="", **rates).update(
             source=line["source"], source_date=_day(line["source_date"])
         )

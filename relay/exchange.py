@@ -201,13 +201,14 @@ class Exchange:
         client_disconnected: bool = False,
         output: list | None = None,
         partial_images: int = 0,
+        estimated: bool = False,
     ) -> None:
-        """Write this request's usage record (later, off the response path). Idempotent."""
+        """Write this request's usage record (later, off the response path). Idempotent.
+        `estimated`: the `usage` given is the proxy's own count, not upstream's."""
         if self._finished:
             return
         self._finished = True
         book = book or self.book
-        estimated = False
         if usage is None and estimated_text is not None:
             # Upstream sent no usage (cut stream, client gone): count what was sent and
             # streamed, and say so on the record.

@@ -38,6 +38,7 @@ from relay.admission import grant, refuse
 from relay.auth import authenticate
 from relay.database import UNAVAILABLE, in_db_thread
 from relay.exchange import Exchange, response_owner
+from relay.media_metering import ROUTES as MEDIA_ROUTES
 from relay.metering import (
     MAX_NESTING,
     METERED,
@@ -69,6 +70,12 @@ _MODEL_PATH = re.compile(r"models/(?!\.\.?$)([A-Za-z0-9._:\-]+)")
 _RESPONSE_PATH = re.compile(r"responses/(resp_[A-Za-z0-9_\-]+)(/input_items)?")
 # Largest prompt tokenised on the event loop; bigger ones go to a thread.
 _INLINE_TOKENISE_BYTES = 32 * 1024
+# OpenAI routes of stored objects (and sessions) the proxy cannot yet keep to their owner and
+# meter: refused by name, never passed through unmetered with the operator's key.
+_NOT_RELAYED = re.compile(
+    r"(files|uploads|batches|vector_stores|conversations|fine_tuning|assistants|threads"
+    r"|containers|evals|realtime|videos|chatkit)(?:/|$)"
+)
 # Seconds an unknown Responses id is looked for again before a 404 (another process's record).
 _OWNER_WRITE_GRACE = 0.3
 
@@ -296,6 +303,10 @@ async def _dispatch(request: HttpRequest, ex: Exchange, path: str) -> HttpRespon
                 "method_not_allowed",
             )
         return await _metered(request, ex, METERED[path])
+    if path in MEDIA_ROUTES:
+        from relay.media_views import media  # it builds on this module's forwarding
+
+        return await media(request, ex, MEDIA_ROUTES[path], path)
     if path == "models" and method == "GET":
         return await _models(request, ex)
     match = _MODEL_PATH.fullmatch(path)
@@ -304,6 +315,19 @@ async def _dispatch(request: HttpRequest, ex: Exchange, path: str) -> HttpRespon
     match = _RESPONSE_PATH.fullmatch(path)
     if match and (method == "GET" or (method == "DELETE" and not match.group(2))):
         return await _stored_response(request, ex, path, match.group(1))
+    match = _NOT_RELAYED.match(path)
+    if match:
+        return refuse(
+            ex,
+            errors.openai_error(
+                403,
+                f"This proxy does not relay /v1/{match.group(1)} yet: what it stores lives on the "
+                "one OpenAI account every user of the proxy shares, and the proxy does not yet "
+                "keep it to its owner and meter it. Nothing was sent to OpenAI.",
+                code="route_not_supported",
+            ),
+            "route_not_supported",
+        )
     return refuse(ex, errors.not_found(path), "unknown_url")
 
 

@@ -263,10 +263,24 @@ def test_wrong_missing_and_revoked_keys_get_401(e2e):
 def test_unknown_paths_are_404_in_openai_shape(e2e):
     secret = e2e.key()
     code, _, payload = raw_post(
-        f"{e2e.proxy.v1}/fine_tuning/jobs", b"{}", {"Authorization": f"Bearer {secret}"}
+        f"{e2e.proxy.v1}/no_such_route/jobs", b"{}", {"Authorization": f"Bearer {secret}"}
     )
     assert code == 404 and payload["error"]["code"] == "unknown_url"
     assert records_for(secret, 1)[0].status_code == 404
+
+
+@pytest.mark.parametrize(
+    "path", ["fine_tuning/jobs", "files", "batches", "vector_stores", "conversations", "uploads"]
+)
+def test_stored_object_routes_not_yet_kept_to_their_owner_are_refused_by_name(e2e, path):
+    secret = e2e.key()
+    code, _, payload = raw_post(
+        f"{e2e.proxy.v1}/{path}", b"{}", {"Authorization": f"Bearer {secret}"}
+    )
+    assert code == 403 and payload["error"]["code"] == "route_not_supported"
+    assert f"/v1/{path.split('/')[0]}" in payload["error"]["message"]
+    assert records_for(secret, 1)[0].status_code == 403
+    assert e2e.upstream.bills()["bills"] == []  # never sent with the operator's key
 
 
 def test_upstream_errors_pass_through_with_their_status_and_request_id(e2e):

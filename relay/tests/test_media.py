@@ -258,3 +258,35 @@ def test_an_upload_keeps_its_bytes(e2e):
     )
     [record] = records_for(secret, 1)
     assert bill_of(e2e, record)["image_input_tokens"] == record.image_input_tokens > 0
+
+
+def test_streamed_images_and_transcriptions_are_billed_from_their_terminal_event(e2e):
+    secret = e2e.key(budget_usd="2")
+    client = e2e.client(secret)
+    events = list(
+        client.images.generate(
+            model="gpt-image-1", prompt="A kite", quality="low", stream=True, partial_images=1
+        )
+    )
+    assert events[-1].type == "image_generation.completed"
+    done = list(
+        client.audio.transcriptions.create(
+            model="gpt-4o-mini-transcribe", file=("a.wav", wav(2.0)), stream=True
+        )
+    )[-1]
+    assert done.type == "transcript.text.done"
+    image, heard = records_for(secret, 2)
+    assert image.stream and not image.estimated
+    assert image.completion_tokens == events[-1].usage.output_tokens
+    r = row("gpt-image-1")
+    bill = bill_of(e2e, image)
+    assert (
+        image.cost_usd
+        == (
+            bill["text_input_tokens"] * r.input_per_1m
+            + bill["image_output_tokens"] * r.image_output_per_1m
+        )
+        / MILLION
+    )
+    assert heard.audio_input_tokens == done.usage.input_token_details.audio_tokens == 20
+    assert heard.completion_tokens == done.usage.output_tokens and not heard.estimated

@@ -322,3 +322,29 @@ class UsageDaily(models.Model):
             )
         ]
         indexes = [models.Index(fields=["user", "day"]), models.Index(fields=["day"])]
+
+
+class StoredObject(models.Model):
+    """An object the proxy created on the one upstream account (a file, ...), and who owns it.
+
+    Every user shares that account, so OpenAI would show anyone's file to anyone: the proxy
+    answers only the owner (others get OpenAI's 404) and lists a user only their own, from
+    this table. `data` is the object as OpenAI answered its creation.
+    """
+
+    kind = models.CharField(max_length=32)
+    object_id = models.CharField(max_length=128, unique=True)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    api_key = models.ForeignKey(
+        ApiKey, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    created_at = models.DateTimeField()
+    deleted_at = models.DateTimeField(null=True, blank=True)
+    purpose = models.CharField(max_length=32, blank=True)
+    data = models.JSONField(default=dict)
+
+    class Meta:
+        indexes = [models.Index(fields=["user", "kind", "created_at"], name="stored_by_owner")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.object_id}"

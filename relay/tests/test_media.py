@@ -290,3 +290,31 @@ def test_streamed_images_and_transcriptions_are_billed_from_their_terminal_event
     )
     assert heard.audio_input_tokens == done.usage.input_token_details.audio_tokens == 20
     assert heard.completion_tokens == done.usage.output_tokens and not heard.estimated
+
+
+def test_the_legacy_028_sdk_makes_images_and_transcribes(e2e, tmp_path):
+    import subprocess
+    from pathlib import Path
+
+    legacy = Path(__file__).resolve().parents[2] / ".venv-legacy" / "bin" / "python"
+    if not legacy.exists():
+        pytest.skip("the legacy SDK venv is missing: `make test` installs it")
+    secret = e2e.key(budget_usd="1")
+    clip = tmp_path / "clip.wav"
+    clip.write_bytes(wav(4.0))
+    script = (
+        "import openai\n"
+        f"openai.api_key = {secret!r}\n"
+        f"openai.api_base = {e2e.proxy.v1!r}\n"
+        "r = openai.Image.create(prompt='a fox', n=2, size='256x256')\n"
+        "assert len(r['data']) == 2, r\n"
+        f"t = openai.Audio.transcribe('whisper-1', open({str(clip)!r}, 'rb'))\n"
+        "assert t['text'], t\n"
+    )
+    done = subprocess.run(
+        [str(legacy), "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    images, heard = records_for(secret, 2)
+    assert images.cost_usd == 2 * image_fee("dall-e-2", "standard:256x256")
+    assert heard.audio_seconds == 4 and heard.cost_usd == 4 * row("whisper-1").audio_per_minute / 60

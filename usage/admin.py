@@ -20,7 +20,7 @@ from keys.admin import money_column, read_only_fields
 from usage import admin_prices  # noqa: F401 (registers the price tables)
 from usage.apis import UsageRecordOutputSerializer
 from usage.exports import csv_streaming_response
-from usage.models import ROLLUP_SUMS, UsageDaily, UsageRecord
+from usage.models import ROLLUP_SUMS, StoredObject, UsageDaily, UsageRecord
 from usage.selectors import usage_days, usage_record_count
 
 if TYPE_CHECKING:
@@ -240,6 +240,26 @@ class UsageDailyAdmin(admin.ModelAdmin):
 
     def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
         return RollupDateChangeList
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(StoredObject)
+class StoredObjectAdmin(admin.ModelAdmin):
+    """Who owns each object the proxy created upstream (read-only: the relay keeps it)."""
+
+    list_display = ("object_id", "kind", "user", "api_key", "purpose", "created_at", "deleted_at")
+    list_filter = ("kind", "purpose")
+    search_fields = ("object_id", "user__username")
+    list_select_related = ("user", "api_key")
+    date_hierarchy = "created_at"
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -67,16 +67,7 @@ async def media(request: HttpRequest, ex: Exchange, kind: str, path: str) -> Htt
     ex.set_model(model)
     ex.keep_request_body(body)  # the form's fields only: never an uploaded file
     if not ex.key.model_allowed(model):
-        return refuse(
-            ex,
-            errors.openai_error(
-                403,
-                f"This key may not use the model '{model}'.",
-                param="model",
-                code="model_not_allowed",
-            ),
-            "model_not_allowed",
-        )
+        return base._not_allowed(ex, model)
     book = await base._prices()
     if book is None:
         return refuse(ex, errors.database_unavailable(), "database_unavailable")
@@ -255,14 +246,8 @@ class AudioRelay(StreamRelay):
         self.sent = 0
 
     def end(self, outcome: str) -> None:
-        if self.ended:
+        if not self.stop(outcome):
             return
-        self.ended = True
-        lifecycle.open_streams.discard(self)
-        if outcome == "done":
-            self.resp.release()
-        else:
-            self.resp.close()
         usage = speech_estimate(self.req, self.sent)
         self.ex.finish(
             499 if outcome == "client_gone" else 200,

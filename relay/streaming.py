@@ -60,9 +60,10 @@ class StreamRelay:
         """The response was never sent (its client left first)."""
         self.end("client_gone")
 
-    def end(self, outcome: str) -> None:
+    def stop(self, outcome: str) -> bool:
+        """Let go of upstream's answer, once: False if it was already let go."""
         if self.ended:
-            return
+            return False
         self.ended = True
         lifecycle.open_streams.discard(self)
         if outcome == "done":
@@ -71,6 +72,11 @@ class StreamRelay:
             # Closing (not releasing) drops the upstream connection at once, so OpenAI stops
             # generating tokens nobody will read.
             self.resp.close()
+        return True
+
+    def end(self, outcome: str) -> None:
+        if not self.stop(outcome):
+            return
         ex, state = self.ex, self.state
         text = state.text()
         ex.finish(

@@ -455,6 +455,19 @@ def _unpriced(ex: Exchange, book: PriceBook, model: str, price: Price | None) ->
     return refuse(ex, errors.openai_error(400, message, param="model", code=code), code)
 
 
+def _not_allowed(ex: Exchange, model: str) -> HttpResponse:
+    return refuse(
+        ex,
+        errors.openai_error(
+            403,
+            f"This key may not use the model '{model}'.",
+            param="model",
+            code="model_not_allowed",
+        ),
+        "model_not_allowed",
+    )
+
+
 async def _metered(request: HttpRequest, ex: Exchange, kind: str) -> HttpResponse:
     parsed = await _parse_metered(request, ex, kind)
     if isinstance(parsed, HttpResponse):
@@ -462,16 +475,7 @@ async def _metered(request: HttpRequest, ex: Exchange, kind: str) -> HttpRespons
     raw, body, max_out, history = parsed
     model = ex.model
     if not ex.key.model_allowed(model):
-        return refuse(
-            ex,
-            errors.openai_error(
-                403,
-                f"This key may not use the model '{model}'.",
-                param="model",
-                code="model_not_allowed",
-            ),
-            "model_not_allowed",
-        )
+        return _not_allowed(ex, model)
     book = await _prices()
     if book is None:
         return refuse(ex, errors.database_unavailable(), "database_unavailable")

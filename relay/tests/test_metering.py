@@ -666,22 +666,3 @@ def test_moderations_are_relayed_and_recorded_free(e2e):
         assert record.cost_usd == 0  # free, and priced as such (not "unpriced")
     assert records[0].response_model == "omni-moderation-2024-09-26"
     assert_ledger_matches(secret, records)
-
-
-def test_images_and_audio_are_404_in_openai_shape(e2e):
-    secret = e2e.key()
-    client = e2e.client(secret)
-
-    with pytest.raises(openai.NotFoundError) as images:
-        client.images.generate(model="dall-e-3", prompt="a proxy")
-    with pytest.raises(openai.NotFoundError) as speech:
-        client.audio.speech.create(model="tts-1", voice="alloy", input="hello")
-
-    for refused in (images.value, speech.value):
-        assert refused.status_code == 404
-        assert refused.code == "unknown_url"
-        assert refused.body["type"] == "invalid_request_error" and refused.message
-    assert e2e.upstream.stats()["requests"] == 0
-    records = records_for(secret, 2)
-    assert [r.status_code for r in records] == [404, 404]
-    assert_ledger_matches(secret, records)

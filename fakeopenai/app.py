@@ -29,6 +29,7 @@ from fakeopenai.counting import install_encodings
 from fakeopenai.errors import OpenAIError, requested_failure
 from fakeopenai.knobs import Knobs
 from fakeopenai.protocol import BODY, KNOBS, REQUEST_ID, STARTED, TAB, ident, wait_before_headers
+from fakeopenai.realtime import realtime as realtime_socket
 from fakeopenai.state import STATE, FakeState, Tab
 
 DEFAULT_KEY = "sk-fake-upstream"
@@ -165,6 +166,7 @@ def create_app(
     app.router.add_post("/v1/moderations", moderations.moderations)
     app.router.add_get("/v1/models", catalog.list_models)
     app.router.add_get("/v1/models/{model_id}", catalog.retrieve_model)
+    app.router.add_get("/v1/realtime", realtime_socket)
     app.router.add_post("/v1/images/generations", image_api.generations)
     app.router.add_post("/v1/images/edits", image_api.edits)
     app.router.add_post("/v1/images/variations", image_api.variations)

@@ -72,6 +72,9 @@ class Tab:
     image_output_tokens: int = 0
     characters: int = 0  # tts-1 and tts-1-hd bill the characters spoken
     audio_seconds: int = 0  # whisper-1 bills the seconds heard
+    # More of what a bill says, for families whose bills say more (a realtime response's
+    # status and cached tokens, `fakeopenai.realtime`); none of the keys above.
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def charge(
         self,
@@ -126,6 +129,8 @@ class Tab:
             "tool_calls": dict(tool_calls),
             **self._media_bill(outcome, completion),
         }
+        for name, value in self.extra.items():
+            bill.setdefault(name, value)
         if self.batch_id is not None:
             # Only a batch line's bill says so: a direct request's keeps its keys.
             bill["batch_id"], bill["custom_id"] = self.batch_id, self.custom_id

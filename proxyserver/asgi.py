@@ -5,9 +5,11 @@ the session, auth, CSRF and messages middleware cost the relay several milliseco
 request and give it nothing (it authenticates by proxy key). So `/v1/...` and the original
 `/<key>/v1/...` paths go to a handler with no middleware, which also bounds bodies before
 reading them, applies CORS (relay.cors) and answers a base_url without /v1 in OpenAI's shape;
-the admin, API and dashboards keep the usual stack. A thin wrapper also speaks the ASGI lifespan protocol, which Django does
-not: at startup the tiktoken encodings are unpacked, at shutdown pending usage records are
-written and the upstream connection pool is closed.
+the admin, API and dashboards keep the usual stack. WebSockets go to relay.realtime (the
+Realtime API at /v1/realtime); any other WebSocket is refused before its handshake. A thin
+wrapper also speaks the ASGI lifespan protocol, which Django does not: at startup the tiktoken
+encodings are unpacked, at shutdown pending usage records are written and the upstream
+connection pool is closed.
 """
 
 from __future__ import annotations
@@ -272,10 +274,35 @@ relay_application = RelayHandler()
 async def application(scope: dict, receive, send) -> None:  # noqa: ANN001 (ASGI callables)
     if scope["type"] == "http" and RELAY_PATH.match(scope["path"]):
         await relay_application(scope, receive, send)
+    elif scope["type"] == "websocket":
+        await _websocket(scope, receive, send)
     elif scope["type"] != "lifespan":
         await django_application(scope, receive, send)
     else:
         await _lifespan(receive, send)
+
+
+async def _websocket(scope: dict, receive, send) -> None:  # noqa: ANN001
+    """The one WebSocket served: the Realtime API (relay.realtime). Any other is refused
+    before its handshake in OpenAI's shape (Django's handler would raise on the scope)."""
+    from relay import realtime
+
+    path = scope["path"]
+    match = _V1_PATH.match(path)
+    if match is not None and path[match.end() :] == "realtime":
+        await realtime.serve(scope, receive, send, match.group(1))
+        return
+    await realtime.refuse_handshake(
+        scope,
+        receive,
+        send,
+        errors.openai_error(
+            404,
+            f"Invalid URL (WebSocket {_masked(path)[:120]}): this proxy serves a WebSocket only "
+            f"at /v1/realtime.",
+            code="unknown_url",
+        ),
+    )
 
 
 async def _lifespan(receive, send) -> None:  # noqa: ANN001

@@ -162,3 +162,61 @@ async def open_request(
         if waiting.expired():
             raise PoolBusy() from None
         raise
+
+
+# -- the Realtime API's WebSocket -----------------------------------------------------------------
+
+# Seconds OpenAI has to answer a Realtime handshake once the connection is open (its 101 comes
+# at once; the session's events come after it, with no timeout).
+REALTIME_HANDSHAKE_SECONDS = 30.0
+
+
+class HandshakeRefused(Exception):
+    """OpenAI answered the WebSocket handshake with an HTTP status, not 101."""
+
+    def __init__(self, status: int, request_id: str) -> None:
+        super().__init__(f"handshake refused with {status}")
+        self.status = status
+        self.request_id = request_id
+
+
+async def realtime_connect(
+    *, query: str, client_headers: dict[str, str]
+) -> tuple[aiohttp.ClientWebSocketResponse, str]:
+    """Open the Realtime API's WebSocket upstream with the one upstream key: (the socket, its
+    x-request-id). Only OpenAI-Beta (which picks the beta protocol) and User-Agent of the
+    client's headers go along; never its key nor its subprotocols (the browser form carries
+    the proxy key in one). The socket holds one of the pool's connections while it is open.
+    Raises HandshakeRefused, TimeoutError (no connection in time: the pool busy, OpenAI
+    slow) or aiohttp.ClientError / OSError."""
+    headers = {
+        name: value
+        for name, value in client_headers.items()
+        if name.lower() in ("openai-beta", "user-agent")
+    }
+    headers["Authorization"] = f"Bearer {settings.OPENAI_API_KEY}"
+    url = url_for("realtime") + (f"?{query}" if query else "")
+    # aiohttp's ws_connect takes no trace context: the wait for a pooled connection is bounded
+    # with the rest of the handshake.
+    bound = (
+        settings.PROXY_UPSTREAM_QUEUE_SECONDS
+        + settings.PROXY_UPSTREAM_CONNECT_TIMEOUT
+        + REALTIME_HANDSHAKE_SECONDS
+    )
+    try:
+        async with asyncio.timeout(bound):
+            ws = await session().ws_connect(
+                url,
+                headers=headers,
+                autoping=True,
+                max_msg_size=0,  # OpenAI's events (audio) can be large; the client bounds its own
+                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
+            )
+    except aiohttp.WSServerHandshakeError as exc:
+        request_id = exc.headers.get("x-request-id", "") if exc.headers else ""
+        raise HandshakeRefused(exc.status, request_id) from None
+    # The handshake's headers have no public accessor on aiohttp's ClientWebSocketResponse;
+    # only its x-request-id is read, for the session's record (relay.realtime).
+    response = getattr(ws, "_response", None)
+    request_id = response.headers.get("x-request-id", "") if response is not None else ""
+    return ws, request_id

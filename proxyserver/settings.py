@@ -246,6 +246,12 @@ PROXY_DB_TIMEOUT = env.float("PROXY_DB_TIMEOUT", default=5.0)
 # process not seen for PROXY_REAP_AFTER_SECONDS (it crashed or was killed).
 PROXY_HEARTBEAT_SECONDS = env.float("PROXY_HEARTBEAT_SECONDS", default=5.0)
 PROXY_REAP_AFTER_SECONDS = env.float("PROXY_REAP_AFTER_SECONDS", default=30.0)
+# Each relay process asks OpenAI this often about the unfinished batches no other process
+# asked about meanwhile, and settles those that ended (relay.batches).
+PROXY_BATCH_POLL_SECONDS = env.float("PROXY_BATCH_POLL_SECONDS", default=60.0)
+# The largest batch input file the proxy reads to reserve the batch's worst case (OpenAI's own
+# limit is 200 MB).
+PROXY_BATCH_INPUT_MAX_BYTES = env.int("PROXY_BATCH_INPUT_MAX_BYTES", default=200 * 1024 * 1024)
 # On SIGTERM, open streams get this long to finish before they are closed and recorded.
 PROXY_SHUTDOWN_GRACE_SECONDS = env.float("PROXY_SHUTDOWN_GRACE_SECONDS", default=20.0)
 

@@ -184,6 +184,14 @@ class Exchange:
         if self.ttfb_ms is None:
             self.ttfb_ms = int((time.perf_counter() - self.started) * 1000)
 
+    def hand_over(self) -> None:
+        """Its reservation outlives the request (a batch's, settled when the batch ends by
+        relay.batches): no record is written now, and a later `finish` does nothing."""
+        self._finished = True
+        if self.ticket is not None:
+            _release_later(self.ticket, 0)
+            self.ticket = None
+
     # -- the one record ----------------------------------------------------------------------
     def finish(
         self,

@@ -7,6 +7,8 @@
 - SIGTERM (or SIGINT) starts draining: requests in flight go on; streams still open after
   PROXY_SHUTDOWN_GRACE_SECONDS are closed upstream, end with an error event for the client
   and are recorded as interrupted. Then the lifespan shutdown writes every queued record.
+- Every process also polls OpenAI for the batches that ended (relay.batches), which settles
+  their reservations; a batch's reservation is never the reaper's.
 - Work that outlives its request (a non-streamed answer read after the client left) runs as
   a tracked task, so shutdown waits for it.
 """
@@ -47,6 +49,7 @@ open_streams: set[Interruptible] = set()
 _registered = False
 _register_lock: asyncio.Lock | None = None
 _beat_task: asyncio.Task | None = None
+_poll_task: asyncio.Task | None = None  # relay.batches.poll_forever
 _draining = False
 
 
@@ -76,7 +79,7 @@ def registered() -> bool:
 async def ensure_registered() -> None:
     """Before this process's first reservation: its token must be in the registry, or another
     process's reaper would take the reservation for a dead process's."""
-    global _registered, _register_lock, _beat_task
+    global _registered, _register_lock, _beat_task, _poll_task
     if _registered:
         return
     if _register_lock is None:
@@ -87,6 +90,10 @@ async def ensure_registered() -> None:
             _registered = True
     if _beat_task is None or _beat_task.done():
         _beat_task = asyncio.get_running_loop().create_task(_beat_and_reap())
+    if _poll_task is None or _poll_task.done():
+        from relay.batches import poll_forever  # it builds on the relay's views
+
+        _poll_task = asyncio.get_running_loop().create_task(poll_forever())
 
 
 def _reap() -> None:
@@ -172,8 +179,9 @@ async def shutdown() -> None:
         await asyncio.wait_for(recording.drain(), timeout=30)
     except TimeoutError:
         log.error("shutdown: %d usage records still unwritten after 30 s", recording.pending())
-    if _beat_task is not None:
-        _beat_task.cancel()
+    for task in (_beat_task, _poll_task):
+        if task is not None:
+            task.cancel()
     if _registered and not recording.pending():
         # Every record is written, so nothing of ours is pending: leave the registry. (If
         # records are left unwritten, the row stays and the reaper ends them later.)

@@ -1,4 +1,5 @@
-"""Files: stored on the one upstream account every user shares, kept to the user who made them.
+"""Files: stored on the one upstream account every user shares, kept to the user who made them
+(and the output files of a batch to the batch's creator, relay.batches).
 
 The proxy writes who uploaded each file before it hands out the file's id, answers only that
 user for it (anyone else gets OpenAI's 404, as for an id that does not exist), and lists a
@@ -32,7 +33,7 @@ _PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
 _LIST_MAX = 10_000
 
 
-def _no_such_file(ex: Exchange, file_id: str) -> HttpResponse:
+def no_such_file(ex: Exchange, file_id: str) -> HttpResponse:
     return refuse(
         ex,
         errors.openai_error(404, f"No such File object: {file_id}", param="id"),
@@ -40,7 +41,7 @@ def _no_such_file(ex: Exchange, file_id: str) -> HttpResponse:
     )
 
 
-def _owns(user_id: int, file_id: str) -> bool:
+def owns_file(user_id: int, file_id: str) -> bool:
     return StoredObject.objects.filter(
         kind="file", object_id=file_id, user_id=user_id, deleted_at__isnull=True
     ).exists()
@@ -73,8 +74,10 @@ def _forget(user_id: int, file_id: str) -> None:
     )
 
 
-def _page(user_id: int, query: dict[str, str]) -> dict[str, Any]:
-    rows = StoredObject.objects.filter(kind="file", user_id=user_id, deleted_at__isnull=True)
+def page(kind: str, user_id: int, query: dict[str, str]) -> dict[str, Any]:
+    """A page of the user's own objects of `kind`, as an OpenAI list (`after`, `limit`,
+    `order`, `purpose`)."""
+    rows = StoredObject.objects.filter(kind=kind, user_id=user_id, deleted_at__isnull=True)
     if query.get("purpose"):
         rows = rows.filter(purpose=query["purpose"])
     newest_first = query.get("order", "desc") != "asc"
@@ -100,8 +103,8 @@ def _page(user_id: int, query: dict[str, str]) -> dict[str, Any]:
     }
 
 
-def _bad_limit(value: str | None) -> bool:
-    return value is not None and not (value.isdigit() and 1 <= int(value) <= _LIST_MAX)
+def bad_limit(value: str | None, most: int = _LIST_MAX) -> bool:
+    return value is not None and not (value.isdigit() and 1 <= int(value) <= most)
 
 
 async def files(request: HttpRequest, ex: Exchange, path: str) -> HttpResponse:
@@ -115,11 +118,11 @@ async def files(request: HttpRequest, ex: Exchange, path: str) -> HttpResponse:
         return refuse(ex, errors.not_found(path), "unknown_url")
     file_id = match.group(1)
     try:
-        owned = await in_db_thread(_owns, ex.key.user_id, file_id)
+        owned = await in_db_thread(owns_file, ex.key.user_id, file_id)
     except UNAVAILABLE:
         return refuse(ex, errors.database_unavailable(), "database_unavailable")
     if not owned:
-        return _no_such_file(ex, file_id)
+        return no_such_file(ex, file_id)
     response = await base._passthrough(request, ex, path)
     if method == "DELETE" and response.status_code == 200:
         try:
@@ -131,7 +134,7 @@ async def files(request: HttpRequest, ex: Exchange, path: str) -> HttpResponse:
 
 async def _list(request: HttpRequest, ex: Exchange) -> HttpResponse:
     query = request.GET
-    if _bad_limit(query.get("limit")):
+    if bad_limit(query.get("limit")):
         return refuse(
             ex,
             errors.openai_error(
@@ -143,12 +146,12 @@ async def _list(request: HttpRequest, ex: Exchange) -> HttpResponse:
     if refused is not None:
         return refused
     try:
-        page = await in_db_thread(_page, ex.key.user_id, {k: query.get(k) for k in query})
+        listed = await in_db_thread(page, "file", ex.key.user_id, {k: query.get(k) for k in query})
     except UNAVAILABLE:
         ex.finish(503, error_code="database_unavailable")
         return errors.database_unavailable()
     ex.finish(200)
-    return JsonResponse(page)
+    return JsonResponse(listed)
 
 
 async def _upload(request: HttpRequest, ex: Exchange) -> HttpResponse:

@@ -73,7 +73,7 @@ _INLINE_TOKENISE_BYTES = 32 * 1024
 # OpenAI routes of stored objects (and sessions) the proxy cannot yet keep to their owner and
 # meter: refused by name, never passed through unmetered with the operator's key.
 _NOT_RELAYED = re.compile(
-    r"(uploads|batches|vector_stores|conversations|fine_tuning|assistants|threads"
+    r"(uploads|vector_stores|conversations|fine_tuning|assistants|threads"
     r"|containers|evals|realtime|videos|chatkit)(?:/|$)"
 )
 # Seconds an unknown Responses id is looked for again before a 404 (another process's record).
@@ -307,6 +307,10 @@ async def _dispatch(request: HttpRequest, ex: Exchange, path: str) -> HttpRespon
         from relay.objects import files  # it builds on this module's forwarding
 
         return await files(request, ex, path)
+    if path == "batches" or path.startswith("batches/"):
+        from relay.batches import batches  # it builds on this module's forwarding
+
+        return await batches(request, ex, path)
     if path in MEDIA_ROUTES:
         from relay.media_views import media  # it builds on this module's forwarding
 

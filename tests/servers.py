@@ -172,6 +172,8 @@ def start_proxy(
         "OPENAI_API_KEY": UPSTREAM_KEY,
         "PRICE_CACHE_SECONDS": "0.5",
         "PROXY_KEY_CACHE_SECONDS": "30",
+        # Finished batches are settled within a second (relay.batches); production: a minute.
+        "PROXY_BATCH_POLL_SECONDS": "0.5",
         # 50+ characters, or the server refuses to start (proxyserver.secret_key).
         "SECRET_KEY": "test-secret-never-used-outside-the-tests-0123456789abcdef",
         "LOG_LEVEL": "WARNING",

@@ -325,11 +325,14 @@ class UsageDaily(models.Model):
 
 
 class StoredObject(models.Model):
-    """An object the proxy created on the one upstream account (a file, ...), and who owns it.
+    """An object the proxy created on the one upstream account (a file, a batch), and who
+    owns it.
 
     Every user shares that account, so OpenAI would show anyone's file to anyone: the proxy
     answers only the owner (others get OpenAI's 404) and lists a user only their own, from
-    this table. `data` is the object as OpenAI answered its creation.
+    this table. `data` is the object as OpenAI last answered it. A batch also names the usage
+    record that holds its reservation until it is settled (`record_id`), and when a relay
+    process last asked OpenAI how it is going (`checked_at`).
     """
 
     kind = models.CharField(max_length=32)
@@ -342,9 +345,14 @@ class StoredObject(models.Model):
     deleted_at = models.DateTimeField(null=True, blank=True)
     purpose = models.CharField(max_length=32, blank=True)
     data = models.JSONField(default=dict)
+    record_id = models.BigIntegerField(null=True, blank=True)
+    checked_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
-        indexes = [models.Index(fields=["user", "kind", "created_at"], name="stored_by_owner")]
+        indexes = [
+            models.Index(fields=["user", "kind", "created_at"], name="stored_by_owner"),
+            models.Index(fields=["record_id"], name="stored_by_record"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.kind} {self.object_id}"

@@ -189,12 +189,17 @@ class Price:
         rates = [self.rate(c) for c in columns]
         return max((r for r in rates if r is not None), default=ZERO)
 
-    def worst_case_tokens(self, ceiling: Ceiling) -> Decimal:
+    def worst_case_tokens(self, ceiling: Ceiling, tier: str | None = None) -> Decimal:
         """The most the ceiling's tokens can cost: every input token uncached (or written to
-        the cache, when that is dearer), at the dearest tier; audio at audio rates."""
+        the cache, when that is dearer), at the dearest tier; audio at audio rates. `tier`
+        "batch": a Batch API line, which OpenAI bills at the batch rates when the row has them
+        (as `cost` does)."""
         tiers = ("", "priority_", "gt272k_")
         inp = self._dearest(*(f"{t}input_per_1m" for t in tiers), "cache_write_per_1m")
         out = self._dearest(*(f"{t}output_per_1m" for t in tiers))
+        if tier == "batch" and self.rate("batch_input_per_1m") is not None:
+            inp = self._dearest("batch_input_per_1m", "cache_write_per_1m")
+            out = self._dearest("batch_output_per_1m") or self._dearest("output_per_1m")
         audio_in = max(inp, self._dearest("audio_input_per_1m"))
         if ceiling.audio_output:
             out = max(out, self._dearest("audio_output_per_1m"))
@@ -364,14 +369,20 @@ class PriceBook:
         return self.cost(price, usage, tier=billed_tier, model=model, at=at), price
 
     def worst_case(
-        self, price: Price, ceiling: Ceiling, *, model: str, at: dt.datetime
+        self,
+        price: Price,
+        ceiling: Ceiling,
+        *,
+        model: str,
+        at: dt.datetime,
+        tier: str | None = None,
     ) -> Decimal | None:
         """The most a request bounded by `ceiling` can cost; None if a tool it may call has
         no fee in the table (it cannot be bounded)."""
         if price.unpriced_units(ceiling) is not None:
             return None
         tools = self.tool_cost(ceiling.tool_calls, model, at)
-        return None if tools is None else price.worst_case_tokens(ceiling) + tools
+        return None if tools is None else price.worst_case_tokens(ceiling, tier) + tools
 
 
 _book: PriceBook | None = None

@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 
 # What completing a record writes over its pending row (everything the relay learnt after the
 # reservation; never the reservation's own columns).
+# The `process` of a batch's pending record once the batch exists upstream: its reservation is
+# held until the batch ends (relay.batches settles it), whichever relay processes live or die.
+HELD_BY_BATCH = "batch"
 _RESERVATION_FIELDS = {"id", "reserved_usd", "reserved_tokens", "key_ledger_id", "user_ledger_id"}
 FINAL_FIELDS = [
     f.name
@@ -406,7 +409,8 @@ def usage_records_reap(
         return (
             UsageRecord.objects.select_for_update(skip_locked=True)
             .filter(state=RecordState.PENDING)
-            .exclude(process__in=live_processes)
+            # A batch's reservation outlives every process: it ends when the batch does.
+            .exclude(process__in=[*live_processes, HELD_BY_BATCH])
             .exclude(pk__in=stuck)
             .order_by("pk")
         )

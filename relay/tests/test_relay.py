@@ -270,7 +270,7 @@ def test_unknown_paths_are_404_in_openai_shape(e2e):
 
 
 @pytest.mark.parametrize(
-    "path", ["fine_tuning/jobs", "batches", "vector_stores", "conversations", "uploads"]
+    "path", ["fine_tuning/jobs", "vector_stores", "conversations", "uploads", "assistants"]
 )
 def test_stored_object_routes_not_yet_kept_to_their_owner_are_refused_by_name(e2e, path):
     secret = e2e.key()

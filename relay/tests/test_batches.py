@@ -139,32 +139,42 @@ def test_a_batch_from_upload_to_completion_is_settled_once_at_batch_rates(e2e):
     records_for(alice, 2 + 4)  # the retrieve, the content, the list and the file list
 
 
-def test_a_retrieve_settles_it_once_however_many_ask_at_once(e2e):
+def test_retrieves_through_two_processes_settle_it_once(e2e):
+    """No poller looks at this batch: the retrieves that see it finished settle it, eight at
+    once through two processes, and it is billed once."""
+    from usage.models import StoredObject
+
     secret = e2e.key(budget_usd="1")
-    with running(
-        start_proxy(
-            e2e.upstream.url,
-            e2e.proxy.log.parent,
-            extra_env={"PROXY_BATCH_POLL_SECONDS": "3600"},
-        )
-    ) as quiet:
-        client = openai.OpenAI(api_key=secret, base_url=quiet.v1, max_retries=0)
-        file_id = upload(client, line("a", "Hello?"), line("b", "Goodbye?"))
-        batch = client.batches.create(
+    quiet = {"PROXY_BATCH_POLL_SECONDS": "3600"}
+    logs = e2e.proxy.log.parent
+    with (
+        running(start_proxy(e2e.upstream.url, logs, extra_env=quiet)) as a,
+        running(start_proxy(e2e.upstream.url, logs, extra_env=quiet)) as b,
+    ):
+        one, other = (openai.OpenAI(api_key=secret, base_url=p.v1, max_retries=0) for p in (a, b))
+        file_id = upload(one, line("a", "Hello?"), line("b", "Goodbye?"))
+        batch = one.batches.create(
             input_file_id=file_id,
             endpoint="/v1/chat/completions",
             completion_window="24h",
             metadata={"fake_hold": "true"},
         )
+        # Out of the session proxy's poller's way: only these retrieves may settle it.
+        StoredObject.objects.filter(object_id=batch.id).update(
+            checked_at=dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
+        )
         wait_for(
-            lambda: client.batches.retrieve(batch.id).status == "in_progress",
+            lambda: other.batches.retrieve(batch.id).status == "in_progress",
             what="the batch held in progress",
         )
         held = held_record(secret)
         assert held.reserved_usd > 0 and ledger(secret).reserved_usd == held.reserved_usd
         complete_upstream(e2e, batch.id)
+        time.sleep(1)
+        assert held_record(secret).state == "pending"  # nothing settles it unasked
+        clients = [one, other] * 4
         with ThreadPoolExecutor(8) as pool:
-            statuses = list(pool.map(lambda _: client.batches.retrieve(batch.id).status, range(8)))
+            statuses = list(pool.map(lambda c: c.batches.retrieve(batch.id).status, clients))
         assert statuses == ["completed"] * 8
         wait_for(lambda: ledger(secret).reserved_usd == 0, what="the batch settled")
         record = batch_record(batch.id)

@@ -268,3 +268,26 @@ def test_every_start_keeps_what_the_operator_edited_in_the_admin(db, tmp_path):
     call_command("load_prices", str(newer), stdout=io.StringIO())
     rows = ModelPrice.objects.filter(model="gpt-4o").order_by("effective_from")
     assert [r.input_per_1m for r in rows] == [D("2.75"), D("2.5")]  # history kept, newer wins
+
+
+@pytest.mark.parametrize(
+    "model,ceiling,expected",
+    [
+        # gpt-4o-mini batch: 0.075 in / 0.3 out, not the dearest tier (priority 0.25 / 1).
+        ("gpt-4o-mini", Ceiling(input=1000, output=1000), D("0.000375")),
+        # gpt-4o batch: 1.25 / 5.
+        ("gpt-4o", Ceiling(input=1000, output=1000), D("0.00625")),
+        # text-embedding-3-small batch: 0.01 per 1M input tokens.
+        ("text-embedding-3-small", Ceiling(input=1_000_000), D("0.01")),
+        # A model with no batch rates: the dearest tier, as for any request (daybreak above).
+        ("daybreak-blue-latest", Ceiling(input=1000, output=1000), D("0.038")),
+    ],
+)
+def test_a_batch_line_is_bounded_at_the_batch_rates(book, model, ceiling, expected):
+    price = book.price(model, NOW)
+    assert book.worst_case(price, ceiling, model=model, at=NOW, tier="batch") == expected
+    # And what it can cost is never less than what it is billed at the batch rates.
+    billed, _ = book.bill(
+        model, TokenUsage(prompt=ceiling.input, completion=ceiling.output), tier="batch", at=NOW
+    )
+    assert billed <= expected

@@ -26,6 +26,7 @@ from relay.database import UNAVAILABLE, in_db_thread
 from relay.exchange import Exchange
 from relay.multipart import BadForm, parse
 from relay.protocol import loads
+from relay.streaming import BodyRelay, RelayStreamingResponse
 from usage.models import StoredObject
 
 FILE_PATH = re.compile(r"files/(file-[A-Za-z0-9_\-]{1,100})(/content)?")
@@ -123,6 +124,8 @@ async def files(request: HttpRequest, ex: Exchange, path: str) -> HttpResponse:
         return refuse(ex, errors.database_unavailable(), "database_unavailable")
     if not owned:
         return no_such_file(ex, file_id)
+    if match.group(2):
+        return await _content(request, ex, path)
     response = await base._passthrough(request, ex, path)
     if method == "DELETE" and response.status_code == 200:
         try:
@@ -130,6 +133,39 @@ async def files(request: HttpRequest, ex: Exchange, path: str) -> HttpResponse:
         except UNAVAILABLE:
             pass  # deleted upstream: any later call for it gets OpenAI's own 404
     return response
+
+
+async def _content(request: HttpRequest, ex: Exchange, path: str) -> HttpResponse:
+    """A file's bytes (up to 512 MB), passed on as they arrive rather than held whole."""
+    refused = await grant(ex, cost=Decimal(0), tokens=0, rate_tokens=0)
+    if refused is not None:
+        return refused
+    resp = await base._send(ex, "GET", path, None, request)
+    if isinstance(resp, HttpResponse):
+        return resp
+    if resp.status == 401:
+        resp.release()
+        return base._upstream_auth_failed(ex, resp)
+    request_id = resp.headers.get("x-request-id", "")
+    if resp.status != 200:
+        data = await base._read_all(ex, resp)
+        if isinstance(data, HttpResponse):
+            return data
+        ex.finish(
+            resp.status, upstream_request_id=request_id, error_code=base._upstream_error_code(data)
+        )
+        return HttpResponse(
+            base._scrub(data), status=resp.status, headers=base._relayed_headers(resp, {})
+        )
+    relay = BodyRelay(ex, resp, request_id)
+    if ex.client_gone:
+        relay.abandon()
+        return base._gone()
+    headers = base._relayed_headers(resp, {})
+    for name in ("content-length", "content-disposition"):
+        if name in resp.headers:
+            headers[name] = resp.headers[name]
+    return RelayStreamingResponse(relay, headers=headers)
 
 
 async def _list(request: HttpRequest, ex: Exchange) -> HttpResponse:

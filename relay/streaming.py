@@ -147,10 +147,59 @@ def _unread(content: aiohttp.StreamReader) -> bytes:
     return b"".join(getattr(content, "_buffer", ()))
 
 
+class BodyRelay:
+    """A large answer with nothing to meter in it (a file's content) passed on chunk by chunk
+    as it arrives, never held whole, and recorded once however it ends."""
+
+    CHUNK = 256 * 1024
+
+    def __init__(self, ex: Exchange, resp: aiohttp.ClientResponse, request_id: str) -> None:
+        self.ex, self.resp, self.request_id = ex, resp, request_id
+        self.interrupted = False
+        self.ended = False
+
+    def interrupt(self) -> None:
+        self.interrupted = True
+        self.resp.content.set_exception(aiohttp.ClientConnectionError("proxy shutting down"))
+
+    def abandon(self) -> None:
+        self.end("client_gone")
+
+    def end(self, outcome: str) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        lifecycle.open_streams.discard(self)
+        if outcome == "done":
+            self.resp.release()
+        else:
+            self.resp.close()
+        self.ex.finish(
+            499 if outcome == "client_gone" else 200,
+            upstream_request_id=self.request_id,
+            error_code=_ERROR_CODES[outcome],
+            client_disconnected=outcome == "client_gone",
+        )
+
+    async def events(self) -> AsyncIterator[bytes]:
+        lifecycle.open_streams.add(self)
+        outcome = "client_gone"  # what a CancelledError / GeneratorExit below means
+        try:
+            async for chunk in self.resp.content.iter_chunked(self.CHUNK):
+                self.ex.first_byte()
+                yield chunk
+            outcome = "done"
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            # The client's body ends short of its Content-Length: its SDK raises.
+            outcome = "shutdown" if self.interrupted else "cut"
+        finally:
+            self.end(outcome)
+
+
 class RelayStreamingResponse(StreamingHttpResponse):
     """A relayed stream: the handler calls `abandon()` if it never sent it."""
 
-    def __init__(self, relay: StreamRelay, *, headers: dict[str, str]) -> None:
+    def __init__(self, relay: StreamRelay | BodyRelay, *, headers: dict[str, str]) -> None:
         super().__init__(relay.events(), status=200, headers=headers)
         self.relay = relay
 

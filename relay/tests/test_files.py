@@ -65,3 +65,27 @@ def test_a_revoked_key_or_a_bad_purpose_uploads_nothing(e2e):
     with pytest.raises(openai.AuthenticationError):
         client.files.create(file=("a.txt", b"a"), purpose="user_data")
     assert [b["path"] for b in e2e.upstream.bills()["bills"]] == []
+
+
+def test_a_files_content_is_passed_on_as_it_arrives_and_recorded_once(e2e):
+    import hashlib
+
+    import httpx2 as httpx
+
+    secret = e2e.key()
+    client = e2e.client(secret)
+    blob = hashlib.sha256(b"seed").digest() * (19 * 1024 * 1024 // 32)  # 19 MiB
+    file_id = client.files.create(file=("big.bin", blob), purpose="user_data").id
+    assert client.files.content(file_id).read() == blob
+    # A client that hangs up after the first chunk: one record, marked so, nothing held.
+    url = f"{e2e.proxy.v1}/files/{file_id}/content"
+    with httpx.stream("GET", url, headers={"Authorization": f"Bearer {secret}"}) as resp:
+        assert resp.status_code == 200 and int(resp.headers["content-length"]) == len(blob)
+        next(resp.iter_raw(64 * 1024))
+    _upload, whole, cut = records_for(secret, 3)
+    assert (whole.status_code, whole.client_disconnected) == (200, False)
+    assert (cut.status_code, cut.error_code, cut.client_disconnected) == (
+        499,
+        "client_disconnected",
+        True,
+    )

@@ -701,6 +701,7 @@ def _final_record(
         "reasoning_tokens": usage.reasoning,
         "audio_input_tokens": 0,
         "audio_output_tokens": 0,
+        "audio_cached_tokens": 0,
         "image_input_tokens": 0,
         "image_output_tokens": 0,
         "characters": 0,

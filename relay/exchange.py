@@ -254,6 +254,7 @@ class Exchange:
             "reasoning_tokens": usage.reasoning,
             "audio_input_tokens": usage.audio_input,
             "audio_output_tokens": usage.audio_output,
+            "audio_cached_tokens": usage.audio_cached,
             "image_input_tokens": usage.image_input,
             "image_output_tokens": usage.image_output,
             "characters": usage.characters,

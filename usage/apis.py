@@ -130,6 +130,7 @@ class UsageRecordOutputSerializer(serializers.ModelSerializer):
             "reasoning_tokens",
             "audio_input_tokens",
             "audio_output_tokens",
+            "audio_cached_tokens",
             "image_input_tokens",
             "image_output_tokens",
             "characters",

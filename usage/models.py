@@ -195,6 +195,9 @@ class UsageRecord(models.Model):
     reasoning_tokens = models.PositiveIntegerField(default=0)
     audio_input_tokens = models.PositiveIntegerField(default=0)
     audio_output_tokens = models.PositiveIntegerField(default=0)
+    # Inside cached_tokens (not audio_input_tokens), billed at the cached audio rate: a
+    # Realtime response reads its earlier audio from the cache.
+    audio_cached_tokens = models.PositiveIntegerField(default=0, db_default=0)
     # Inside prompt / completion tokens, billed at the image rates (gpt-image models).
     image_input_tokens = models.PositiveIntegerField(default=0, db_default=0)
     image_output_tokens = models.PositiveIntegerField(default=0, db_default=0)

@@ -51,6 +51,8 @@ class TokenUsage:
     audio_input: int = 0
     audio_output: int = 0
     tool_calls: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    # Cached audio input (Realtime): inside `cached`, billed at the cached audio rate.
+    audio_cached: int = 0
     # Image tokens (gpt-image models) are inside `prompt` and `completion` too.
     image_input: int = 0
     image_output: int = 0
@@ -164,6 +166,10 @@ class Price:
         audio_out_tokens = usage.audio_output if audio_out is not None else 0
         write_tokens = usage.cache_write if cache_write is not None else 0
         cached_tokens = min(usage.cached, usage.prompt)
+        audio_cached = self.rate("audio_cached_input_per_1m")
+        audio_cached_tokens = (
+            min(usage.audio_cached, cached_tokens) if audio_cached is not None else 0
+        )
         image_in = self.rate("image_input_per_1m")
         image_out = self.rate("image_output_per_1m")
         image_in_tokens = usage.image_input if image_in is not None else 0
@@ -172,7 +178,9 @@ class Price:
             usage.prompt - cached_tokens - write_tokens - audio_in_tokens - image_in_tokens, 0
         )
         text_out = max(usage.completion - audio_out_tokens - image_out_tokens, 0)
-        total = text_in * inp + cached_tokens * cached + text_out * out
+        total = text_in * inp + (cached_tokens - audio_cached_tokens) * cached + text_out * out
+        if audio_cached_tokens:
+            total += audio_cached_tokens * audio_cached
         if image_in_tokens:
             total += image_in_tokens * image_in
         if image_out_tokens:

@@ -61,6 +61,7 @@ def _usage(record: UsageRecord) -> TokenUsage:
         cache_write=record.cache_write_tokens,
         audio_input=record.audio_input_tokens,
         audio_output=record.audio_output_tokens,
+        audio_cached=record.audio_cached_tokens,
         tool_calls=record.tool_calls or {},
         image_input=record.image_input_tokens,
         image_output=record.image_output_tokens,

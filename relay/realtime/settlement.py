@@ -24,9 +24,9 @@ SESSION_STATUS = 101  # the record of a session that was relayed: it switched pr
 
 
 def realtime_usage(usage: object) -> TokenUsage | None:
-    """A `response.done` usage (GA and beta alike) as the proxy prices it. Cached tokens are
-    all billed at the cached text rate (the price table's cached audio rate is not applied:
-    the same on gpt-realtime, not on the mini models); audio input is the uncached audio."""
+    """A `response.done` usage (GA and beta alike) as the proxy prices it: cached audio at the
+    cached audio rate (gpt-realtime-mini: $0.30 per 1M, five times its cached text rate), the
+    rest of the cached tokens at the cached text rate; audio input is the uncached audio."""
     if not isinstance(usage, dict):
         return None
 
@@ -48,6 +48,7 @@ def realtime_usage(usage: object) -> TokenUsage | None:
         completion=completion,
         audio_input=audio_in - cached_audio,
         audio_output=min(number(out_details, "audio_tokens"), completion),
+        audio_cached=cached_audio,
     )
 
 

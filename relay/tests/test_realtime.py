@@ -337,3 +337,27 @@ def test_upstream_gone_mid_response_is_billed_at_the_estimate(e2e):
     assert record.cost_usd > 0
     assert (session.status_code, session.error_code) == (101, "upstream_closed")
     assert_nothing_held(secret)
+
+
+def test_a_response_done_usage_keeps_its_cached_audio_apart():
+    """The usage block of a GA `response.done`, as OpenAI's reference shows it: cached audio
+    is priced at the cached audio rate, so it must not be folded into cached text or into
+    the uncached audio."""
+    from relay.realtime.settlement import realtime_usage
+
+    usage = realtime_usage(
+        {
+            "total_tokens": 1300,
+            "input_tokens": 1000,
+            "output_tokens": 300,
+            "input_token_details": {
+                "text_tokens": 300,
+                "audio_tokens": 700,
+                "cached_tokens": 600,
+                "cached_tokens_details": {"text_tokens": 200, "audio_tokens": 400},
+            },
+            "output_token_details": {"text_tokens": 100, "audio_tokens": 200},
+        }
+    )
+    assert (usage.prompt, usage.cached, usage.audio_cached) == (1000, 600, 400)
+    assert (usage.audio_input, usage.completion, usage.audio_output) == (300, 300, 200)

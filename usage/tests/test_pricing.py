@@ -57,6 +57,14 @@ CASES = [
         "batch, no batch cached price: cached tokens pay the batch input price",
     ),
     ("gpt-4o-mini", TokenUsage(prompt=1000, completion=1000), "default", D("0.00075"), "tier"),
+    # gpt-realtime-mini: text 0.6 / cached 0.06 / out 2.4, audio 10 / out 20, cached audio 0.3
+    (
+        "gpt-realtime-mini",
+        TokenUsage(prompt=1000, cached=600, audio_cached=400, audio_input=300, completion=100),
+        "",
+        D("0.003432"),  # 100 × 0.6 + 200 × 0.06 + 400 × 0.3 + 300 × 10 + 100 × 2.4, ÷ 1M
+        "cached audio at the cached audio rate, the other cached tokens at the cached text rate",
+    ),
     # gpt-4o-2024-05-13 has its own row: 5 / 15, not gpt-4o's 2.5 / 10
     ("gpt-4o-2024-05-13", TokenUsage(prompt=1000, completion=1000), "", D("0.02"), "own row"),
     # gpt-4.1-mini: 0.4 / 0.1 / 1.6 — a snapshot the table does not list

@@ -213,15 +213,10 @@ async def _create(request: HttpRequest, ex: Exchange) -> HttpResponse:
     )
     if refused is not None:
         return refused
-    resp = await base._send(ex, "POST", "batches", request.body, request)
-    if isinstance(resp, HttpResponse):
-        return resp
-    if resp.status == 401:
-        resp.release()
-        return base._upstream_auth_failed(ex, resp)
-    data = await base._read_all(ex, resp)
-    if isinstance(data, HttpResponse):
-        return data
+    answer = await base._send_and_read(ex, "POST", "batches", request.body, request)
+    if isinstance(answer, HttpResponse):
+        return answer
+    resp, data = answer
     made = loads(data) if resp.status == 200 else None
     if not (isinstance(made, dict) and isinstance(made.get("id"), str)):
         ex.finish(
@@ -429,15 +424,10 @@ async def _relay_one(request: HttpRequest, ex: Exchange, path: str, owner: Owned
     refused = await grant(ex, cost=Decimal(0), tokens=0, rate_tokens=0)
     if refused is not None:
         return refused
-    resp = await base._send(ex, request.method or "GET", path, None, request)
-    if isinstance(resp, HttpResponse):
-        return resp
-    if resp.status == 401:
-        resp.release()
-        return base._upstream_auth_failed(ex, resp)
-    data = await base._read_all(ex, resp)
-    if isinstance(data, HttpResponse):
-        return data
+    answer = await base._send_and_read(ex, request.method or "GET", path, None, request)
+    if isinstance(answer, HttpResponse):
+        return answer
+    resp, data = answer
     seen = loads(data) if resp.status == 200 else None
     if isinstance(seen, dict):
         await _observe(owner, seen)

@@ -218,15 +218,10 @@ async def _upload(request: HttpRequest, ex: Exchange) -> HttpResponse:
     refused = await grant(ex, cost=Decimal(0), tokens=0, rate_tokens=0)
     if refused is not None:
         return refused
-    resp = await base._send(ex, "POST", "files", raw, request)
-    if isinstance(resp, HttpResponse):
-        return resp
-    if resp.status == 401:
-        resp.release()
-        return base._upstream_auth_failed(ex, resp)
-    data = await base._read_all(ex, resp)
-    if isinstance(data, HttpResponse):
-        return data
+    answer = await base._send_and_read(ex, "POST", "files", raw, request)
+    if isinstance(answer, HttpResponse):
+        return answer
+    resp, data = answer
     payload = loads(data) if resp.status == 200 else None
     if isinstance(payload, dict) and isinstance(payload.get("id"), str):
         try:

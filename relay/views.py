@@ -214,6 +214,22 @@ async def _read_all(ex: Exchange, resp: aiohttp.ClientResponse) -> bytes | HttpR
     return data
 
 
+async def _send_and_read(
+    ex: Exchange, method: str, path: str, body: bytes | None, request: HttpRequest, query: str = ""
+) -> tuple[aiohttp.ClientResponse, bytes] | HttpResponse:
+    """Send a request upstream and read its whole answer: (the response, its body), or the
+    error response (already recorded) when it could not be sent or read, or upstream refused
+    the operator's key."""
+    resp = await _send(ex, method, path, body, request, query=query)
+    if isinstance(resp, HttpResponse):
+        return resp
+    if resp.status == 401:
+        resp.release()
+        return _upstream_auth_failed(ex, resp)
+    data = await _read_all(ex, resp)
+    return data if isinstance(data, HttpResponse) else (resp, data)
+
+
 def _gone() -> HttpResponse:
     # The answer to a client that already left: nobody reads it.
     return HttpResponse(status=499)
@@ -699,15 +715,10 @@ async def _passthrough(
     refused = await grant(ex, cost=Decimal(0), tokens=0, rate_tokens=0)
     if refused is not None:
         return refused
-    resp = await _send(ex, request.method or "GET", path, None, request, query=query)
-    if isinstance(resp, HttpResponse):
-        return resp
-    if resp.status == 401:
-        resp.release()
-        return _upstream_auth_failed(ex, resp)
-    data = await _read_all(ex, resp)
-    if isinstance(data, HttpResponse):
-        return data
+    answer = await _send_and_read(ex, request.method or "GET", path, None, request, query=query)
+    if isinstance(answer, HttpResponse):
+        return answer
+    resp, data = answer
     if resp.status == 200 and rewrite is not None:
         data = rewrite(ex, data)
     ex.finish(

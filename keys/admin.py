@@ -21,6 +21,7 @@ from django.utils.html import format_html
 
 from keys.models import ApiKey, QuotaLedger, UserLimit
 from keys.money import usd
+from keys.selfservice import user_invite, user_max_keys_set
 from keys.services import LIMIT_FIELDS, key_issue, key_revoke, key_update_limits, user_limit_set
 
 if TYPE_CHECKING:
@@ -250,7 +251,20 @@ class UserLimitInline(admin.StackedInline):
     budget = money_column("budget_usd", "budget (USD)")
 
     def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> list:
-        return [limits_fieldset(editable=self.has_change_permission(request, obj))]
+        return [
+            limits_fieldset(editable=self.has_change_permission(request, obj)),
+            SELF_SERVICE_FIELDSET,
+        ]
+
+
+SELF_SERVICE_FIELDSET = (
+    "Self-service",
+    {
+        "fields": ("max_keys",),
+        "description": "The user makes, rotates and revokes their own keys on their keys page "
+        "(Actions on the users list: invite, for the link that sets their password).",
+    },
+)
 
 
 class ApiKeyInline(admin.TabularInline):
@@ -280,6 +294,17 @@ if admin.site.is_registered(User):
 @admin.register(User)
 class ProxyUserAdmin(KeepsBillingHistory, UserAdmin):
     inlines = (UserLimitInline, ApiKeyInline)
+    actions = ("invite",)
+
+    @admin.action(
+        description="Invite: a one-time link to set a password (emailed if they have an address)"
+    )
+    def invite(self, request: HttpRequest, queryset: Any) -> None:
+        base = request.build_absolute_uri("/").rstrip("/")
+        for user in queryset:
+            sent = user_invite(username=user.get_username(), base_url=base)
+            where = f" (emailed to {sent.emailed_to})" if sent.emailed_to else ""
+            self.message_user(request, f"Invitation for {sent.username}{where}: {sent.link}")
 
     def billing_owners(self, objs: Any) -> dict[type[Model], Any]:
         # A user's keys would go with them (CASCADE), so what pins the keys pins the user.
@@ -307,7 +332,11 @@ class UserLimitAdmin(admin.ModelAdmin):
 
     def get_fieldsets(self, request: HttpRequest, obj: UserLimit | None = None) -> list:
         editable = obj is None or self.has_change_permission(request, obj)
-        return [(None, {"fields": ("user",)}), limits_fieldset(editable=editable)]
+        return [
+            (None, {"fields": ("user",)}),
+            limits_fieldset(editable=editable),
+            SELF_SERVICE_FIELDSET,
+        ]
 
     def get_readonly_fields(self, request: HttpRequest, obj: UserLimit | None = None) -> tuple:
         return () if obj is None else ("user", "budget")
@@ -316,6 +345,7 @@ class UserLimitAdmin(admin.ModelAdmin):
         self, request: HttpRequest, obj: UserLimit, form: ModelForm, change: bool
     ) -> None:
         limit = user_limit_set(user=obj.user, **{f: getattr(obj, f) for f in LIMIT_FIELDS})
+        user_max_keys_set(user=obj.user, max_keys=obj.max_keys)
         obj.pk = limit.pk
         obj._state.adding = False
 

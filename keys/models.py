@@ -127,6 +127,13 @@ class UserLimit(Limits):
     user = models.OneToOneField(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="proxy_limit"
     )
+    max_keys = models.PositiveSmallIntegerField(
+        "keys the user may make",
+        null=True,
+        blank=True,
+        help_text="How many active keys the user may hold when making their own on their keys "
+        "page (the keys an operator made count too). Empty: the user cannot make keys.",
+    )
 
     class Meta:
         verbose_name = "user limit"

@@ -211,6 +211,8 @@ SPECTACULAR_SETTINGS = {
 
 # --- The proxy's own settings (all in sample.env) -------------------------------------------
 OPENAI_API_KEY = env.str("OPENAI_API_KEY", default="")
+# The address users reach the proxy at, for links made outside a request (`invite_user`).
+PROXY_PUBLIC_URL = env.str("PROXY_PUBLIC_URL", default="http://localhost:8000").rstrip("/")
 OPENAI_BASE_URL = env.str("OPENAI_BASE_URL", default="https://api.openai.com/v1").rstrip("/")
 ADMIN_USERNAME = env.str("ADMIN_USERNAME", default="admin")
 ADMIN_PASSWORD = env.str("ADMIN_PASSWORD", default="")

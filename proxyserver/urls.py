@@ -7,6 +7,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path, re_path
 from django.views.generic import RedirectView
 
+from keys import account_views
 from keys import views as keys_views
 from proxyserver import health
 from relay import views as relay_views
@@ -26,6 +27,48 @@ urlpatterns = [
     path("dashboard/", include("usage.urls")),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("accounts/keys/", account_views.account_keys, name="account_keys"),
+    path(
+        "accounts/keys/<int:key_id>/rotate",
+        account_views.account_key_rotate,
+        name="account_key_rotate",
+    ),
+    path(
+        "accounts/keys/<int:key_id>/revoke",
+        account_views.account_key_revoke,
+        name="account_key_revoke",
+    ),
+    path("accounts/invite/<uidb64>/<token>/", account_views.InviteView.as_view(), name="invite"),
+    path(
+        "accounts/password/",
+        auth_views.PasswordChangeView.as_view(),
+        name="password_change",
+    ),
+    path(
+        "accounts/password/done/",
+        auth_views.PasswordChangeDoneView.as_view(),
+        name="password_change_done",
+    ),
+    path(
+        "accounts/password/reset/",
+        auth_views.PasswordResetView.as_view(),
+        name="password_reset",
+    ),
+    path(
+        "accounts/password/reset/sent/",
+        auth_views.PasswordResetDoneView.as_view(),
+        name="password_reset_done",
+    ),
+    path(
+        "accounts/reset/<uidb64>/<token>/",
+        auth_views.PasswordResetConfirmView.as_view(),
+        name="password_reset_confirm",
+    ),
+    path(
+        "accounts/reset/done/",
+        auth_views.PasswordResetCompleteView.as_view(),
+        name="password_reset_complete",
+    ),
     path("", RedirectView.as_view(pattern_name="usage:dashboard", permanent=False)),
 ]
 

@@ -5,21 +5,31 @@ the date it was read there. `migrate` loads them; `manage.py load_prices` refres
 price that changed gets a new row effective from the load (or `effective_from`), so records
 keep the row they were billed with, and `manage.py reprice` can recompute records when a
 price was wrong.
+
+Each change a load makes is in the audit trail (audit.trail: "manage.py load_prices"), except
+the first load into an empty table, which is the shipped table itself, not a change.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import datetime as dt
+import functools
+from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
+from typing import TypeVar
 
+from auditlog.context import disable_auditlog
 from django.db import transaction
 from django.utils import timezone
 
 from usage.models import ALWAYS, PRICE_COLUMNS, ModelAlias, ModelPrice, ToolPrice
 from usage.pricing import price_book_reset
+
+T = TypeVar("T")
 
 DATA = Path(__file__).resolve().parent / "data"
 SHIPPED_PRICES = DATA / "openai_prices.csv"
@@ -49,6 +59,21 @@ def _file_wins(file_date: dt.date | None, row_date: dt.date | None) -> bool:
     if file_date is None:
         return True
     return row_date is not None and file_date > row_date
+
+
+def _audited(model: type) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """A loader whose changes are audited, unless it fills `model`'s empty table."""
+
+    def wrap(load: Callable[..., T]) -> Callable[..., T]:
+        @functools.wraps(load)
+        def audited(*args: object, **kwargs: object) -> T:
+            first = not model.objects.exists()
+            with disable_auditlog() if first else contextlib.nullcontext():
+                return load(*args, **kwargs)
+
+        return audited
+
+    return wrap
 
 
 def _decimal(text: str | None) -> Decimal | None:
@@ -87,6 +112,7 @@ def _rows(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
         ]
 
 
+@_audited(ModelPrice)
 @transaction.atomic
 def prices_load(
     *, path: Path = SHIPPED_PRICES, effective_from: dt.datetime | None = None
@@ -133,6 +159,7 @@ def prices_load(
     return result
 
 
+@_audited(ModelAlias)
 @transaction.atomic
 def aliases_load(*, path: Path = SHIPPED_ALIASES) -> PriceLoadResult:
     """Load a model-alias file; an alias changed in the admin is kept unless the file's row
@@ -162,6 +189,7 @@ def aliases_load(*, path: Path = SHIPPED_ALIASES) -> PriceLoadResult:
     return result
 
 
+@_audited(ToolPrice)
 @transaction.atomic
 def tool_prices_load(
     *, path: Path = SHIPPED_TOOL_PRICES, effective_from: dt.datetime | None = None

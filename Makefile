@@ -3,7 +3,9 @@ SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
-PORT ?= 8000
+# PORT and HOST come from the environment or .env, read by the settings (the environment wins);
+# `make run PORT=8001 HOST=0.0.0.0` passes them as flags. No default here: it would beat .env.
+ONLY_GIVEN = $(if $(filter command line,$(origin $(1))),$(2) $($(1)))
 DEMO_UPSTREAM_PORT ?= 8765
 # The demo's own database (known passwords, a live key): never the one `make run` serves.
 DEMO_DATABASE_URL ?= sqlite:///var/demo.sqlite3
@@ -26,23 +28,26 @@ $(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
 	@touch $@
 
 ## run: install, migrate (SQLite unless DATABASE_URL), load prices, make the admin (its password is
-## ADMIN_PASSWORD when set), serve on $HOST:$PORT (HOST from the environment or .env: 127.0.0.1)
+## ADMIN_PASSWORD when set), serve on $HOST:$PORT (from the environment or .env: 127.0.0.1:8000)
 run: $(VENV)/.runtime
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py load_prices
 	$(PY) manage.py ensure_admin
-	$(PY) manage.py serve --port $(PORT)
+	$(PY) manage.py serve $(call ONLY_GIVEN,PORT,--port) $(call ONLY_GIVEN,HOST,--host)
 
 ## test: the whole suite (on DATABASE_URL when set, else SQLite)
 test: $(VENV)/.dev .venv-legacy/.installed
 	@if [ -x /usr/bin/chromium ]; then echo "browser tests: using /usr/bin/chromium"; \
 	 else echo "browser tests: SKIPPED, Chromium is not installed (apt-get install chromium, or run .ci/run)"; fi
+	@if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then echo "nginx deployment test: SKIPPED, nginx is not installed (apt-get install nginx, or run .ci/run)"; \
+	 elif [[ "$$DATABASE_URL" != postgres* || -z "$$TEST_REDIS_URL" ]]; then echo "nginx deployment test: SKIPPED unless DATABASE_URL is PostgreSQL and TEST_REDIS_URL is set (.ci/run sets both)"; \
+	 else echo "nginx deployment test: using $$(command -v nginx || echo /usr/sbin/nginx) on PostgreSQL and Redis"; fi
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 ## demo: a fake OpenAI upstream, the proxy on it, a demo user and key: try it with no OpenAI key.
 ## All on DEMO_DATABASE_URL; a second run reuses the key, and refuses (saying why) if a port is busy.
 demo: $(VENV)/.dev
-	@DATABASE_URL=$(DEMO_DATABASE_URL) $(PY) manage.py demo --port $(PORT) --upstream-port $(DEMO_UPSTREAM_PORT)
+	@DATABASE_URL=$(DEMO_DATABASE_URL) $(PY) manage.py demo $(call ONLY_GIVEN,PORT,--port) --upstream-port $(DEMO_UPSTREAM_PORT)
 
 ## bench: this proxy beside direct-to-upstream and LiteLLM (installed into .venv-litellm on first
 ## use), on SQLite and on PostgreSQL + Redis when they answer; printed and written to bench/results/

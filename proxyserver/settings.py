@@ -76,6 +76,7 @@ INSTALLED_APPS = [
     "usage",
     "audit",
     "relay",
+    "alerts",
     "fakeopenai",
 ]
 
@@ -174,12 +175,22 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 # Straight from the apps' static folders: `make run` needs no collectstatic step.
 WHITENOISE_USE_FINDERS = True
 
-# Logs never carry bodies or keys; the upstream key is only read by relay.upstream.
+# Logs never carry bodies or keys; the upstream key is only read by relay.upstream. One line
+# per request at INFO (relay.request_log); LOG_FORMAT=json makes every line a JSON object.
+LOG_FORMAT = env.str("LOG_FORMAT", default="plain")
+if LOG_FORMAT not in ("plain", "json"):
+    raise ImproperlyConfigured("LOG_FORMAT must be plain or json")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "plain": {
+            "()": "proxyserver.log_format.PlainFormatter",
+            "format": "%(asctime)s %(levelname)s %(name)s %(message)s",
+        },
+        "json": {"()": "proxyserver.log_format.JsonFormatter"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {"django.request": {"level": "ERROR"}},
 }
@@ -218,6 +229,14 @@ OPENAI_API_KEY = env.str("OPENAI_API_KEY", default="")
 # The address users reach the proxy at, for links made outside a request (`invite_user`).
 PROXY_PUBLIC_URL = env.str("PROXY_PUBLIC_URL", default="http://localhost:8000").rstrip("/")
 OPENAI_BASE_URL = env.str("OPENAI_BASE_URL", default="https://api.openai.com/v1").rstrip("/")
+# An OpenAI admin key, read only by `manage.py reconcile_usage` (never relayed): empty leaves
+# reconciliation off.
+OPENAI_ADMIN_KEY = env.str("OPENAI_ADMIN_KEY", default="")
+# /readyz also asks OpenAI (GET /models, 3 s) whether it accepts OPENAI_API_KEY: one upstream
+# call per probe, so off by default.
+READYZ_CHECK_UPSTREAM = env.bool("READYZ_CHECK_UPSTREAM", default=False)
+# Set: GET /metrics needs `Authorization: Bearer <METRICS_TOKEN>` (proxyserver.metrics).
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 ADMIN_USERNAME = env.str("ADMIN_USERNAME", default="admin")
 ADMIN_PASSWORD = env.str("ADMIN_PASSWORD", default="")
 PORT = env.int("PORT", default=8000)
@@ -274,6 +293,44 @@ USAGE_UNWRITABLE_FILE = env.str(
 
 TIKTOKEN_CACHE_DIR = env.str("TIKTOKEN_CACHE_DIR", default=str(BASE_DIR / ".cache" / "tiktoken"))
 PRICE_CACHE_SECONDS = env.float("PRICE_CACHE_SECONDS", default=60.0)
+
+# --- Budget alerts (alerts/; README "Budget alerts") -----------------------------------------
+# Percent of a period's budget at which a key's or a user's spend is alerted, once each.
+ALERT_THRESHOLDS = sorted(
+    {int(t) for t in env.list("ALERT_THRESHOLDS", default=["50", "80", "100"])}
+)
+if any(not 0 < t <= 1000 for t in ALERT_THRESHOLDS):
+    raise ImproperlyConfigured("ALERT_THRESHOLDS must be whole percents between 1 and 1000")
+ALERT_EMAIL_TO = env.list("ALERT_EMAIL_TO", default=[])
+ALERT_WEBHOOK_URL = env.str("ALERT_WEBHOOK_URL", default="")
+ALERT_WEBHOOK_SECRET = env.str("ALERT_WEBHOOK_SECRET", default="")
+if ALERT_WEBHOOK_URL and not ALERT_WEBHOOK_SECRET:
+    raise ImproperlyConfigured("ALERT_WEBHOOK_URL needs ALERT_WEBHOOK_SECRET to sign its bodies")
+ALERT_WEBHOOK_TIMEOUT = env.float("ALERT_WEBHOOK_TIMEOUT", default=10.0)
+# An alert not delivered is tried again after ALERT_RETRY_SECONDS, doubling each time, until
+# ALERT_MAX_ATTEMPTS tries in all; then it is marked failed.
+ALERT_MAX_ATTEMPTS = env.int("ALERT_MAX_ATTEMPTS", default=8)
+ALERT_RETRY_SECONDS = env.float("ALERT_RETRY_SECONDS", default=30.0)
+# How often each relay process looks for alerts to send; 0: this process sends none.
+ALERT_DELIVERY_SECONDS = env.float("ALERT_DELIVERY_SECONDS", default=5.0)
+# Days before a key's expiry its user is warned, and how often that is looked for (seconds).
+ALERT_EXPIRY_DAYS = env.float("ALERT_EXPIRY_DAYS", default=7.0)
+ALERT_EXPIRY_CHECK_SECONDS = env.float("ALERT_EXPIRY_CHECK_SECONDS", default=300.0)
+# Mail (Django's backends). Unset: SMTP when EMAIL_HOST is set, else printed to the log.
+EMAIL_HOST = env.str("EMAIL_HOST", default="")
+EMAIL_BACKEND = env.str("EMAIL_BACKEND", default="") or (
+    "django.core.mail.backends.smtp.EmailBackend"
+    if EMAIL_HOST
+    else "django.core.mail.backends.console.EmailBackend"
+)
+EMAIL_PORT = env.int("EMAIL_PORT", default=25)
+EMAIL_HOST_USER = env.str("EMAIL_HOST_USER", default="")
+EMAIL_HOST_PASSWORD = env.str("EMAIL_HOST_PASSWORD", default="")
+EMAIL_USE_TLS = env.bool("EMAIL_USE_TLS", default=False)
+EMAIL_USE_SSL = env.bool("EMAIL_USE_SSL", default=False)
+EMAIL_TIMEOUT = env.float("EMAIL_TIMEOUT", default=10.0)
+EMAIL_FILE_PATH = str(BASE_DIR / (env.str("EMAIL_FILE_PATH", default="") or "var/mail"))
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="openai-proxy@localhost")
 
 # --- Login lockout (django-axes; proxyserver.login_lockout, README "Dependencies") ----------
 # Failed password logins (admin, dashboard, HTTP Basic on /api/, /create_api_key) are counted

@@ -42,6 +42,8 @@ RELAYED_RESPONSE_HEADERS = (
 )
 
 _session: aiohttp.ClientSession | None = None
+# OPENAI_API_KEY as sample.env ships it: a .env copied and never edited.
+SAMPLE_KEY_PLACEHOLDER = "sk-your-real-openai-key"
 
 
 class PoolBusy(Exception):
@@ -125,6 +127,43 @@ def upstream_headers(request_headers: dict[str, str], user_id: int) -> dict[str,
             )
     headers["Authorization"] = f"Bearer {settings.OPENAI_API_KEY}"
     return headers
+
+
+def upstream_key_problem(key: str) -> str | None:
+    """What is wrong with `key` as the upstream key, saying what to set; None if nothing we
+    can tell without asking OpenAI (`models_check` asks)."""
+    if not key.strip():
+        return (
+            "OPENAI_API_KEY is not set: every relayed request will fail until it is; "
+            "set it in .env (see sample.env) or the environment to your OpenAI key"
+        )
+    if key.strip() == SAMPLE_KEY_PLACEHOLDER:
+        return (
+            "OPENAI_API_KEY is sample.env's placeholder: every relayed request will fail "
+            "until it is your OpenAI key; set it in .env or the environment"
+        )
+    return None
+
+
+async def models_check(*, timeout: float) -> str:
+    """Whether OpenAI answers `GET /models` with the upstream key: "ok" or "error: ..." (for
+    /readyz with READYZ_CHECK_UPSTREAM; never the key itself)."""
+    headers = {"Authorization": f"Bearer {settings.OPENAI_API_KEY}"}
+    try:
+        async with asyncio.timeout(timeout):
+            response = await open_request("GET", "models", headers=headers, body=None)
+            response.release()
+    except PoolBusy:
+        return "error: no upstream connection came free"
+    except TimeoutError:
+        return f"error: no answer from {settings.OPENAI_BASE_URL} in {timeout:g} s"
+    except (aiohttp.ClientError, OSError) as exc:
+        return f"error: {settings.OPENAI_BASE_URL} unreachable ({type(exc).__name__})"
+    if response.status == 200:
+        return "ok"
+    if response.status in (401, 403):
+        return f"error: upstream answered {response.status}: it refuses OPENAI_API_KEY"
+    return f"error: upstream answered {response.status} to GET /models"
 
 
 # Segments of an upstream path: never empty nor a dot segment, which the HTTP client would

@@ -1,19 +1,26 @@
 """Deployable safely: `check --deploy` is clean with the README's production settings, a
 guessable SECRET_KEY stops the server, one generated key is shared by every process, HOST is
-where the server listens.
+where the server listens; a first `make run` from sample.env reads PORT from .env (the
+environment and the command line win), says a missing key and a busy port in one line each,
+and /readyz names what is missing.
 
 Each case runs the project as an operator would, in its own process with its own environment.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
 import re
+import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -22,7 +29,7 @@ import pytest
 from proxyserver.secret_key import secret_key_weakness
 from relay.management.commands.serve import Command as ServeCommand
 from relay.management.commands.serve import uvicorn_command
-from tests.servers import ROOT, free_port
+from tests.servers import ROOT, UPSTREAM_KEY, free_port
 
 SAMPLE_KEY = "change-me-to-a-long-random-string"  # what sample.env shipped
 
@@ -266,3 +273,189 @@ def test_serve_keeps_the_flask_proxys_b_as_the_database_host():
     options = parser.parse_args(["-b", "db.internal", "-p", "9000", "--host", "0.0.0.0"])
 
     assert options.db_host == "db.internal" and options.host == "0.0.0.0" and options.port == 9000
+
+
+# -- first run: what a new user meets with `cp sample.env .env && make run` -------------------
+
+SAMPLE_ENV = (ROOT / "sample.env").read_text()
+# Everything sample.env sets: a developer's or CI's own values must not leak into a first run.
+DOCUMENTED = set(re.findall(r"^([A-Z_]+)=", SAMPLE_ENV, re.MULTILINE))
+
+
+@pytest.fixture(scope="module")
+def fresh_checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The project as a new user has it (no .env, no database), sharing this venv."""
+    checkout = tmp_path_factory.mktemp("checkout") / "project"
+    shutil.copytree(
+        ROOT,
+        checkout,
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv*", "var", "db.sqlite3*", ".cache", ".env", "test-artifacts", "bench",
+            "*_cache", "__pycache__",
+        ),
+    )  # fmt: skip
+    (checkout / ".venv").symlink_to(ROOT / ".venv")
+    return checkout
+
+
+def first_run_env(**variables: str) -> dict[str, str]:
+    env = {name: value for name, value in os.environ.items() if name not in DOCUMENTED}
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    return {**env, **variables}
+
+
+def write_dotenv(checkout: Path, **changes: str) -> None:
+    """sample.env copied to .env, with `changes` edited in, as the README says to."""
+    text = SAMPLE_ENV
+    for name, value in changes.items():
+        text, found = re.subn(rf"^{name}=.*$", f"{name}={value}", text, flags=re.MULTILINE)
+        assert found == 1, name
+    (checkout / ".env").write_text(text)
+
+
+def make_run(checkout: Path, env: dict[str, str], *args: str) -> subprocess.Popen:
+    # `-o`: the shared venv counts as installed (a test never reinstalls it).
+    return subprocess.Popen(
+        ["make", "--no-print-directory", "-o", ".venv/.runtime", "run", *args],
+        cwd=checkout,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def _stop_group(proc: subprocess.Popen) -> str:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        return proc.communicate(timeout=30)[0]
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        return proc.communicate()[0]
+
+
+def _wait_for_make_run(proc: subprocess.Popen, port: int) -> None:
+    deadline = time.monotonic() + 90
+    while not _answers("127.0.0.1", port):
+        assert proc.poll() is None, _stop_group(proc)
+        assert time.monotonic() < deadline, f"make run never answered on {port}"
+        time.sleep(0.2)
+
+
+needs_make = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+
+
+@needs_make
+def test_make_run_serves_on_the_port_in_dotenv_and_a_second_one_says_it_is_taken(fresh_checkout):
+    port = free_port()
+    write_dotenv(fresh_checkout, PORT=str(port))
+
+    first = make_run(fresh_checkout, first_run_env())
+    try:
+        _wait_for_make_run(first, port)
+        second = make_run(fresh_checkout, first_run_env())
+        second_output = second.communicate(timeout=90)[0]
+    finally:
+        first_output = _stop_group(first)
+
+    assert f"serving on http://127.0.0.1:{port}" in first_output
+    # sample.env's placeholder key: said once, before users meet it as failed requests.
+    [warning] = [line for line in first_output.splitlines() if "OPENAI_API_KEY" in line]
+    assert warning.startswith("WARNING: OPENAI_API_KEY is sample.env's placeholder")
+    assert second.returncode != 0 and "serving on" not in second_output
+    [busy] = [line for line in second_output.splitlines() if " is in use: " in line]
+    assert busy.endswith(
+        f"port {port} on 127.0.0.1 is in use: set PORT in .env or stop the other server"
+    )
+    assert "Traceback" not in second_output
+
+
+@needs_make
+@pytest.mark.parametrize("where", ["environment", "make command line"])
+def test_make_run_port_from_the_environment_or_command_line_beats_dotenv(fresh_checkout, where):
+    in_dotenv, wanted = free_port(), free_port()
+    write_dotenv(fresh_checkout, PORT=str(in_dotenv), OPENAI_API_KEY=UPSTREAM_KEY)
+    if where == "environment":
+        proc = make_run(fresh_checkout, first_run_env(PORT=str(wanted)))
+    else:
+        proc = make_run(fresh_checkout, first_run_env(PORT="1"), f"PORT={wanted}")
+    try:
+        _wait_for_make_run(proc, wanted)
+        assert not _answers("127.0.0.1", in_dotenv)
+    finally:
+        output = _stop_group(proc)
+    assert f"serving on http://127.0.0.1:{wanted}" in output
+    assert "OPENAI_API_KEY" not in output  # a real-looking key: no warning
+
+
+def test_serve_on_a_busy_port_says_so_in_one_line_before_serving(tmp_path):
+    with socket.socket() as other_server:
+        other_server.bind(("127.0.0.1", 0))
+        other_server.listen()
+        port = other_server.getsockname()[1]
+        done = run(project_env(tmp_path, OPENAI_API_KEY=UPSTREAM_KEY), "manage.py", "serve",
+                   "--port", str(port))  # fmt: skip
+
+    assert done.returncode != 0
+    assert done.stderr.strip() == (
+        f"CommandError: port {port} on 127.0.0.1 is in use: set PORT in .env or stop the other "
+        "server"
+    )
+
+
+def _readyz(env: dict[str, str]) -> tuple[int, dict, str]:
+    """(status, body) of /readyz from `serve` started with `env`, and what it printed."""
+    proc, port = _serve(env)
+    try:
+        _wait_until_answering(proc, "127.0.0.1", port)
+        answer = urllib.request.Request(f"http://127.0.0.1:{port}/readyz")
+        try:
+            with urllib.request.urlopen(answer, timeout=10) as resp:
+                status, body = resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as error:
+            status, body = error.code, json.loads(error.read())
+    finally:
+        stderr = _stop(proc)
+    return status, body, stderr
+
+
+@pytest.mark.parametrize(
+    ("key", "problem"),
+    [("", "is not set"), ("sk-your-real-openai-key", "is sample.env's placeholder")],
+)
+def test_a_missing_or_placeholder_key_is_said_at_start_and_by_readyz(tmp_path, key, problem):
+    status, body, stderr = _readyz(project_env(tmp_path, OPENAI_API_KEY=key))
+
+    [warning] = [line for line in stderr.splitlines() if "OPENAI_API_KEY" in line]
+    assert warning.startswith(f"WARNING: OPENAI_API_KEY {problem}")
+    assert stderr.index(warning) < stderr.index("serving on")
+    assert status == 503 and body["status"] == "unavailable"
+    assert body["checks"]["database"] == body["checks"]["cache"] == "ok"
+    assert body["checks"]["upstream_key"].startswith(f"error: OPENAI_API_KEY {problem}")
+
+
+def test_readyz_asks_upstream_when_told_to(tmp_path, fake_openai):
+    env = project_env(tmp_path, OPENAI_BASE_URL=fake_openai.url, OPENAI_API_KEY=UPSTREAM_KEY)
+
+    unasked = _readyz(env)[:2]
+    accepted = _readyz({**env, "READYZ_CHECK_UPSTREAM": "1"})[:2]
+    refused = _readyz({**env, "READYZ_CHECK_UPSTREAM": "1", "OPENAI_API_KEY": "sk-wrong-key"})
+    away = _readyz(
+        {
+            **env,
+            "READYZ_CHECK_UPSTREAM": "1",
+            "OPENAI_BASE_URL": f"http://127.0.0.1:{free_port()}/v1",
+        }
+    )
+
+    assert unasked[0] == 200 and "upstream" not in unasked[1]["checks"]
+    assert accepted[0] == 200 and accepted[1]["checks"]["upstream"] == "ok"
+    assert refused[0] == 503
+    assert (
+        refused[1]["checks"]["upstream"]
+        == "error: upstream answered 401: it refuses OPENAI_API_KEY"
+    )
+    assert "sk-wrong-key" not in refused[2]
+    assert away[0] == 503 and "unreachable" in away[1]["checks"]["upstream"]

@@ -9,15 +9,21 @@ an existing start script keeps working:
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 from urllib.parse import quote
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from proxyserver.secret_key import secret_key_refusal
+from relay.upstream import upstream_key_problem
 
 DB_SCHEMES = {
     "postgres": "postgres",
@@ -65,6 +71,63 @@ def uvicorn_command(
         "--timeout-graceful-shutdown", str(int(_shutdown_grace()) + 10),
         "--backlog", "4096",
     ]  # fmt: skip
+
+
+_SET_HOST = "set HOST in .env to an address of this machine"
+
+
+def listen_refusal(host: str, port: int) -> str | None:
+    """Why the server could not listen on `host`:`port` now, in one line saying what to do;
+    None when it could. Checked before "serving on" is printed: uvicorn's own failure comes
+    after it, from each worker, as a traceback-like log."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as exc:
+        return f"cannot listen on {host}:{port} ({exc.strerror}): {_SET_HOST}"
+    with socket.socket(family, kind, proto) as sock:
+        # As uvicorn binds: a port held only by closed connections (TIME_WAIT) is free.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return f"port {port} on {host} is in use: set PORT in .env or stop the other server"
+            return f"cannot listen on {host}:{port} ({exc.strerror}): {_SET_HOST}"
+    return None
+
+
+_METRICS_DIR_PREFIX = "proxy-metrics-"
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def metrics_directory(given: str = "") -> str:
+    """PROMETHEUS_MULTIPROC_DIR for one server start, where each worker keeps its metrics
+    (relay.metrics). One the operator named is made, and emptied of a previous start's files
+    (they would be counted again); otherwise a new private one in the temporary folder, named
+    after this process, which becomes the server (exec), once those of servers no longer
+    running are removed."""
+    if given:
+        path = Path(given)
+        path.mkdir(parents=True, exist_ok=True)
+        for stale in path.glob("*.db"):
+            stale.unlink(missing_ok=True)
+        return str(path)
+    for old in Path(tempfile.gettempdir()).glob(f"{_METRICS_DIR_PREFIX}*"):
+        pid = old.name.removeprefix(_METRICS_DIR_PREFIX).partition("-")[0]
+        if pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    return tempfile.mkdtemp(prefix=f"{_METRICS_DIR_PREFIX}{os.getpid()}-")
 
 
 def _loopback(host: str) -> bool:
@@ -134,6 +197,17 @@ class Command(BaseCommand):
             manage = [sys.executable, str(settings.BASE_DIR / "manage.py")]
             for command in (["migrate", "--noinput"], ["ensure_admin"]):
                 subprocess.run([*manage, *command], env=env, check=True)  # noqa: S603
+        refusal = listen_refusal(host, port)
+        if refusal is not None:
+            raise CommandError(refusal)
+        # Before any worker imports prometheus_client: /metrics then adds up every worker's.
+        given = env.get("PROMETHEUS_MULTIPROC_DIR", "")
+        env["PROMETHEUS_MULTIPROC_DIR"] = metrics_directory(given)
+        # Served anyway (health checks, the admin), but said once, loudly, before any user
+        # meets it as a failed request; /readyz says it too.
+        key_problem = upstream_key_problem(env.get("OPENAI_API_KEY", ""))
+        if key_problem is not None:
+            self.stderr.write(f"WARNING: {key_problem}")
         only_here = "; only this machine can connect (HOST=0.0.0.0 serves others)"
         self.stderr.write(
             f"serving on http://{host}:{port} (workers: {options['workers']})"

@@ -23,6 +23,7 @@ from fakeopenai import (
     file_api,
     image_api,
     moderations,
+    org_api,
     responses,
 )
 from fakeopenai.counting import install_encodings
@@ -54,6 +55,8 @@ async def openai_gateway(request: web.Request, handler: Handler) -> web.StreamRe
     request[REQUEST_ID] = ident("req_", 32)
     if request.path.startswith("/_fake/"):
         return await handler(request)
+    if request.path.startswith("/v1/organization/"):
+        return await org_api.admin_gateway(request, handler)
     state = request.app[STATE]
     tab = Tab(request_id=request[REQUEST_ID], path=request.path)
     request[TAB] = tab
@@ -147,15 +150,20 @@ async def _openai_headers(request: web.Request, response: web.StreamResponse) ->
 def create_app(
     *,
     key: str | None = None,
+    admin_key: str | None = None,
     latency_ms: float = 0.0,
     encodings_dir: str | Path | None = None,
 ) -> web.Application:
     """The fake upstream. Without `encodings_dir` it uses Django's TIKTOKEN_CACHE_DIR when
-    settings are configured, else a folder in the system temp dir."""
+    settings are configured, else a folder in the system temp dir. `admin_key` (default
+    $FAKE_OPENAI_ADMIN_KEY or org_api.DEFAULT_ADMIN_KEY) is the one key the organization
+    Usage and Costs API accepts."""
     install_encodings(encodings_dir)
     app = web.Application(middlewares=[openai_gateway], client_max_size=64 * 1024**2)
     app[STATE] = FakeState(
-        key=key or os.environ.get("FAKE_OPENAI_KEY") or DEFAULT_KEY, latency_ms=latency_ms
+        key=key or os.environ.get("FAKE_OPENAI_KEY") or DEFAULT_KEY,
+        admin_key=admin_key or os.environ.get("FAKE_OPENAI_ADMIN_KEY") or org_api.DEFAULT_ADMIN_KEY,
+        latency_ms=latency_ms,
     )
     app.on_response_prepare.append(_openai_headers)
     app.router.add_post("/v1/chat/completions", chat.chat_completions)
@@ -182,9 +190,12 @@ def create_app(
     app.router.add_get("/v1/batches", batch_api.list_batches)
     app.router.add_get("/v1/batches/{batch_id}", batch_api.retrieve_batch)
     app.router.add_post("/v1/batches/{batch_id}/cancel", batch_api.cancel_batch)
+    app.router.add_get("/v1/organization/costs", org_api.costs)
+    app.router.add_get("/v1/organization/usage/{family}", org_api.usage)
     app.router.add_get("/_fake/stats", control.stats)
     app.router.add_get("/_fake/bills", control.bills)
     app.router.add_post("/_fake/reset", control.reset)
+    app.router.add_post("/_fake/org/adjust", org_api.adjust)
     app.router.add_post("/_fake/batches/{batch_id}/complete", control.complete_batch)
     # Batches run in the background: stopped with the server.
     app.on_cleanup.append(batch_api.stop_batches)

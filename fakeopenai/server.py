@@ -46,12 +46,15 @@ class FakeOpenAIThread:
         self,
         *,
         key: str | None = None,
+        admin_key: str | None = None,
         latency_ms: float = 0.0,
         host: str = "127.0.0.1",
         port: int = 0,
         encodings_dir: str | Path | None = None,
     ) -> None:
-        self.app = create_app(key=key, latency_ms=latency_ms, encodings_dir=encodings_dir)
+        self.app = create_app(
+            key=key, admin_key=admin_key, latency_ms=latency_ms, encodings_dir=encodings_dir
+        )
         self.host = host
         self.port = port
         self._loop = asyncio.new_event_loop()

@@ -15,6 +15,7 @@ the output ones like the completion.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,6 +45,9 @@ class Tab:
     request_id: str
     path: str
     model: str | None = None
+    # When the request came in (Unix seconds): the day the organization Usage and Costs API
+    # count it in (`fakeopenai.org_api`).
+    created_at: float = field(default_factory=time.time)
     stream: bool = False
     status: int | None = None  # the status sent; None while no headers have gone out
     prompt_tokens: int = 0
@@ -114,6 +118,7 @@ class Tab:
             "request_id": self.request_id,
             "path": self.path,
             "model": self.model,
+            "created_at": int(self.created_at),
             "stream": self.stream,
             "status": self.status,
             "prompt_tokens": prompt,
@@ -203,6 +208,8 @@ class FakeState:
     """What the fake saw; read by tests through /_fake/stats and /_fake/bills."""
 
     key: str
+    # The admin key the organization Usage and Costs API accepts (`fakeopenai.org_api`).
+    admin_key: str = ""
     latency_ms: float = 0.0
     requests: int = 0
     open_streams: int = 0
@@ -220,6 +227,8 @@ class FakeState:
     # The batches running in the background, kept so they are not collected mid-run and can
     # be cancelled by a reset and when the app is cleaned up.
     batch_tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    # Shifts of the organization's bill made by POST /_fake/org/adjust (`fakeopenai.org_api`).
+    org_adjustments: list[dict[str, Any]] = field(default_factory=list)
     # Set once served through `start_server`; aiohttp keeps the live connections there.
     web_server: web.Server | None = None
 
@@ -288,6 +297,7 @@ class FakeState:
         self.responses.clear()
         self.bills.clear()
         self.bill_totals = _no_bills()
+        self.org_adjustments.clear()
 
 
 STATE = web.AppKey("fake_openai_state", FakeState)

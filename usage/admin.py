@@ -20,7 +20,14 @@ from keys.admin import money_column, read_only_fields
 from usage import admin_prices  # noqa: F401 (registers the price tables)
 from usage.apis import UsageRecordOutputSerializer
 from usage.exports import csv_streaming_response
-from usage.models import ROLLUP_SUMS, StoredObject, UsageDaily, UsageRecord
+from usage.models import (
+    ROLLUP_SUMS,
+    ReconciliationRow,
+    ReconciliationRun,
+    StoredObject,
+    UsageDaily,
+    UsageRecord,
+)
 from usage.selectors import usage_days, usage_record_count
 
 if TYPE_CHECKING:
@@ -260,6 +267,64 @@ class StoredObjectAdmin(admin.ModelAdmin):
     search_fields = ("object_id", "user__username")
     list_select_related = ("user", "api_key")
     date_hierarchy = "created_at"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class ReconciliationRowInline(admin.TabularInline):
+    model = ReconciliationRow
+    can_delete = False
+    extra = 0
+    fields = (
+        "day",
+        "model",
+        "drift",
+        "proxy_requests",
+        "openai_requests",
+        "requests_difference",
+        "proxy_input_tokens",
+        "openai_input_tokens",
+        "input_tokens_difference",
+        "proxy_output_tokens",
+        "openai_output_tokens",
+        "output_tokens_difference",
+        "proxy_cost",
+        "openai_cost",
+        "cost_difference",
+    )
+    readonly_fields = fields
+    proxy_cost = money_column("proxy_usd", "proxy USD")
+    openai_cost = money_column("openai_usd", "OpenAI USD")
+    cost_difference = money_column("usd_difference", "USD difference")
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(ReconciliationRun)
+class ReconciliationRunAdmin(admin.ModelAdmin):
+    """Each `manage.py reconcile_usage` and what it found (read-only: the command writes it)."""
+
+    list_display = ("started_at", "start_day", "end_day", "status", "drifting_rows", "error")
+    list_filter = ("status",)
+    date_hierarchy = "started_at"
+    fields = ("start_day", "end_day", "started_at", "finished_at", "status", "error")
+    readonly_fields = fields
+    inlines = (ReconciliationRowInline,)
+
+    @admin.display(description="rows that differ")
+    def drifting_rows(self, obj: ReconciliationRun) -> int:
+        return obj.rows.filter(drift=True).count()
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

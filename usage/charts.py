@@ -16,6 +16,7 @@ from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 
 from keys.money import CENT, MICRO_USD, usd
+from usage.models import ReconciliationRow
 from usage.selectors import UsageTotals
 
 # Colour-blind-friendly (Tableau 10); grey is kept for "other models".
@@ -232,6 +233,53 @@ def spend_bar_chart(*, rows: list[UsageTotals], chart_id: str, title: str) -> Sa
         parts.append(
             f'<text class="empty" x="{width / 2}" y="{pad + row_h / 2 + 4}" '
             f'text-anchor="middle">No usage in this range</text>'
+        )
+    parts.append("</svg>")
+    return mark_safe(  # noqa: S308 (numbers and escaped text only)
+        f'<figure class="chart-figure">{"".join(parts)}</figure>'
+    )
+
+
+def drift_bar_chart(*, rows: list[ReconciliationRow], chart_id: str) -> SafeString:
+    """The USD difference (OpenAI's minus the proxy's) of each drifting day × model of a
+    reconciliation run, as bars either side of a zero line: right when OpenAI billed more."""
+    width, row_h, pad, left, value_w = CHART_WIDTH, 28, 6, 320, 130
+    height = pad * 2 + row_h * max(1, len(rows))
+    half = (width - left - 2 * value_w) / 2
+    zero = left + value_w + half
+    peak = max((abs(r.usd_difference) for r in rows), default=Decimal(0))
+    parts = [
+        f'<svg id="{chart_id}" class="chart chart-bars" viewBox="0 0 {width} {height}" '
+        f'role="img" aria-labelledby="{chart_id}-title" xmlns="http://www.w3.org/2000/svg">'
+        f'<title id="{chart_id}-title">USD difference by day and model</title>'
+        f'<line x1="{zero:.1f}" y1="0" x2="{zero:.1f}" y2="{height}" stroke="#888"/>'
+    ]
+    for i, row in enumerate(rows):
+        top = pad + i * row_h
+        text_y = top + row_h / 2 + 4
+        difference = row.usd_difference
+        bar_w = max(1.0, float(abs(difference) / peak) * half) if peak and difference else 1.0
+        x = zero if difference >= 0 else zero - bar_w
+        colour = PALETTE[3] if difference > 0 else PALETTE[0]
+        sign = "+" if difference > 0 else ""
+        value = f"{sign}{format_usd(difference)}"
+        label = f"{row.day:%Y-%m-%d} {row.model}"
+        value_x = x + bar_w + 8 if difference >= 0 else x - 8
+        anchor = "start" if difference >= 0 else "end"
+        parts.append(
+            f'<g class="row"><title>{escape(label)}: {escape(value)} '
+            f"({row.requests_difference:+,} requests)</title>"
+            f'<text class="bar-label" x="{left - 10}" y="{text_y:.1f}" text-anchor="end">'
+            f"{escape(label)}</text>"
+            f'<rect class="bar" x="{x:.1f}" y="{top + 5}" width="{bar_w:.1f}" '
+            f'height="{row_h - 10}" rx="2" fill="{colour}"/>'
+            f'<text class="bar-value" x="{value_x:.1f}" y="{text_y:.1f}" '
+            f'text-anchor="{anchor}">{escape(value)}</text></g>'
+        )
+    if not rows:
+        parts.append(
+            f'<text class="empty" x="{width / 2}" y="{pad + row_h / 2 + 4}" '
+            f'text-anchor="middle">No drift: every day and model matches</text>'
         )
     parts.append("</svg>")
     return mark_safe(  # noqa: S308 (numbers and escaped text only)

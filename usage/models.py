@@ -359,3 +359,63 @@ class StoredObject(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.object_id}"
+
+
+class ReconciliationStatus(models.TextChoices):
+    RUNNING = "running", "running"
+    DONE = "done", "done"
+    FAILED = "failed", "failed"
+
+
+class ReconciliationRun(models.Model):
+    """One `manage.py reconcile_usage`: the proxy's records held against OpenAI's own bill
+    (its organization Usage and Costs API) for the UTC days `start_day` to `end_day`."""
+
+    start_day = models.DateField("from")
+    end_day = models.DateField("to")
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+    status = models.CharField(
+        max_length=8, choices=ReconciliationStatus.choices, default=ReconciliationStatus.RUNNING
+    )
+    error = models.TextField(blank=True, help_text="Why the run could not compare, when it failed.")
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.start_day} – {self.end_day} ({self.status})"
+
+
+class ReconciliationRow(models.Model):
+    """One UTC day × model of a run: what the proxy recorded, what OpenAI reports, and the
+    differences (OpenAI's minus the proxy's). OpenAI's tokens are empty for a model it
+    reports no tokens for (images, speech, transcriptions: images, characters, seconds)."""
+
+    run = models.ForeignKey(ReconciliationRun, on_delete=models.CASCADE, related_name="rows")
+    day = models.DateField()
+    model = models.CharField(max_length=120)
+    proxy_requests = models.BigIntegerField(default=0)
+    proxy_input_tokens = models.BigIntegerField(default=0)
+    proxy_output_tokens = models.BigIntegerField(default=0)
+    proxy_usd = MoneyField(default=Decimal(0))
+    openai_requests = models.BigIntegerField(default=0)
+    openai_input_tokens = models.BigIntegerField(null=True, blank=True)
+    openai_output_tokens = models.BigIntegerField(null=True, blank=True)
+    openai_usd = MoneyField(default=Decimal(0))
+    requests_difference = models.BigIntegerField(default=0)
+    input_tokens_difference = models.BigIntegerField(null=True, blank=True)
+    output_tokens_difference = models.BigIntegerField(null=True, blank=True)
+    usd_difference = MoneyField(default=Decimal(0))
+    drift = models.BooleanField(default=False, help_text="Any difference at all.")
+
+    class Meta:
+        ordering = ["day", "model"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["run", "day", "model"], name="one_row_per_run_day_model"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.model}"

@@ -23,10 +23,11 @@ from django.urls import reverse
 from django.utils import timezone
 
 from keys.money import usd
-from usage.charts import daily_spend_chart, spend_bar_chart
+from usage.charts import daily_spend_chart, drift_bar_chart, spend_bar_chart
 from usage.exports import csv_download
 from usage.filters import FIRST_DAY, LAST_DAY
 from usage.models import ROLLUP_SUMS
+from usage.reconciliation import reconciliation_latest
 from usage.selectors import (
     DashboardUsage,
     UsageTotals,
@@ -155,6 +156,16 @@ def _render_dashboard(request: HttpRequest, subject: AbstractBaseUser | None) ->
         context["users_chart"] = spend_bar_chart(
             rows=users[:TOP_SPENDERS], chart_id="top-spenders", title="Top spenders"
         )
+        # The last `manage.py reconcile_usage` that compared, whatever range the page shows.
+        run = reconciliation_latest()
+        if run is not None:
+            rows = list(run.rows.all())
+            context["reconciliation"] = run
+            context["reconciliation_rows"] = rows
+            context["reconciliation_drifting"] = sum(row.drift for row in rows)
+            context["reconciliation_chart"] = drift_bar_chart(
+                rows=[row for row in rows if row.drift], chart_id="reconciliation-drift"
+            )
     else:
         context["user_budget"], context["key_budgets"] = budget_lines(user=subject, now=now)
     return render(request, "usage/dashboard.html", context)

@@ -406,6 +406,7 @@ def test_plain_answer_is_billed_under_its_request_id(client, fake):
         "request_id": raw.headers["x-request-id"],
         "path": "/v1/chat/completions",
         "model": "gpt-4o-mini",
+        "created_at": bill["created_at"],
         "stream": False,
         "status": 200,
         "prompt_tokens": openai_chat_count(MESSAGES),

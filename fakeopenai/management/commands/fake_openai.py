@@ -2,7 +2,9 @@
 
 Point the proxy at it with OPENAI_BASE_URL=http://127.0.0.1:8001/v1 and
 OPENAI_API_KEY=sk-fake-upstream (or whatever --key says). What it billed is at
-http://127.0.0.1:8001/_fake/bills. It needs no database: it only serves.
+http://127.0.0.1:8001/_fake/bills; the same bills as OpenAI's organization Usage and Costs
+API (`fakeopenai.org_api`) with OPENAI_ADMIN_KEY=sk-admin-fake-upstream (or whatever
+--admin-key says). It needs no database: it only serves.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 
 from fakeopenai.app import DEFAULT_KEY, create_app
+from fakeopenai.org_api import DEFAULT_ADMIN_KEY
 from fakeopenai.server import start_server
 
 
@@ -32,6 +35,12 @@ class Command(BaseCommand):
             help="the bearer key it accepts (default: $FAKE_OPENAI_KEY or %(default)s)",
         )
         parser.add_argument(
+            "--admin-key",
+            default=os.environ.get("FAKE_OPENAI_ADMIN_KEY") or DEFAULT_ADMIN_KEY,
+            help="the admin key its organization Usage and Costs API accepts "
+            "(default: $FAKE_OPENAI_ADMIN_KEY or %(default)s)",
+        )
+        parser.add_argument(
             "--latency-ms",
             type=float,
             default=0.0,
@@ -43,7 +52,9 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        app = create_app(key=options["key"], latency_ms=options["latency_ms"])
+        app = create_app(
+            key=options["key"], admin_key=options["admin_key"], latency_ms=options["latency_ms"]
+        )
         import uvloop  # as the proxy is served: an upstream that is not the benchmark's bottleneck
 
         uvloop.run(self._serve(app, options["host"], options["port"], options["access_log"]))

@@ -75,6 +75,7 @@ INSTALLED_APPS = [
     "keys",
     "usage",
     "audit",
+    "mozilla_django_oidc",
     "relay",
     "alerts",
     "fakeopenai",
@@ -340,7 +341,26 @@ AUTHENTICATION_BACKENDS = [
     # First: a locked-out login is refused before any password is checked.
     "proxyserver.login_lockout.LoginLockoutBackend",
     "django.contrib.auth.backends.ModelBackend",
+    # OpenID Connect single sign-on; answers only an OIDC callback, when configured.
+    "proxyserver.sso.ProxyOIDCBackend",
 ]
+
+# --- Single sign-on (OpenID Connect; README "Single sign-on"; off unless a client id is set) ----
+OIDC_RP_CLIENT_ID = env.str("OIDC_RP_CLIENT_ID", default="")
+OIDC_RP_CLIENT_SECRET = env.str("OIDC_RP_CLIENT_SECRET", default="")
+OIDC_OP_AUTHORIZATION_ENDPOINT = env.str("OIDC_OP_AUTHORIZATION_ENDPOINT", default="")
+OIDC_OP_TOKEN_ENDPOINT = env.str("OIDC_OP_TOKEN_ENDPOINT", default="")
+OIDC_OP_USER_ENDPOINT = env.str("OIDC_OP_USER_ENDPOINT", default="")
+OIDC_OP_JWKS_ENDPOINT = env.str("OIDC_OP_JWKS_ENDPOINT", default="")
+OIDC_RP_SIGN_ALGO = env.str("OIDC_RP_SIGN_ALGO", default="RS256")
+OIDC_RP_SCOPES = env.str("OIDC_RP_SCOPES", default="openid email profile")
+OIDC_USE_PKCE = True
+OIDC_AUTHENTICATE_CLASS = "proxyserver.sso.AuthenticateView"
+OIDC_CALLBACK_CLASS = "proxyserver.sso.CallbackView"
+OIDC_GROUPS_CLAIM = env.str("OIDC_GROUPS_CLAIM", default="groups")
+OIDC_STAFF_GROUP = env.str("OIDC_STAFF_GROUP", default="")
+OIDC_PROVIDER_NAME = env.str("OIDC_PROVIDER_NAME", default="single sign-on")
+LOGIN_REDIRECT_URL_FAILURE = "/accounts/login/?sso=failed"
 AXES_HANDLER = "proxyserver.login_lockout.LoginAttemptHandler"
 AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=5)
 AXES_COOLOFF_MINUTES = env.float("AXES_COOLOFF_MINUTES", default=15.0)

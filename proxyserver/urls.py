@@ -9,7 +9,7 @@ from django.views.generic import RedirectView
 
 from keys import account_views
 from keys import views as keys_views
-from proxyserver import health
+from proxyserver import health, sso
 from relay import views as relay_views
 
 urlpatterns = [
@@ -25,8 +25,10 @@ urlpatterns = [
     path("api/", include("keys.urls")),
     path("api/", include("usage.api_urls")),
     path("dashboard/", include("usage.urls")),
-    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    path("accounts/login/", sso.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    # Single sign-on (proxyserver.sso): /oidc/authenticate/ and the provider's /oidc/callback/.
+    path("oidc/", include("mozilla_django_oidc.urls")),
     path("accounts/keys/", account_views.account_keys, name="account_keys"),
     path(
         "accounts/keys/<int:key_id>/rotate",

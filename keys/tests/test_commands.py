@@ -174,3 +174,35 @@ def test_load_prices_keeps_history_when_a_price_changes(tmp_path):
     )
     assert book.price("gpt-4o-mini", rows[1].effective_from).rate("input_per_1m") == Decimal("0.2")
     assert book.price("brand-new-model", rows[0].effective_from) is not None
+
+
+@pytest.mark.parametrize(
+    "args,says",
+    [
+        (["create_api_key", "bob", "--budget", "abc"], "--budget: not an amount in USD: 'abc'"),
+        (["create_api_key", "bob", "--expires", "2026-02-30T00:00:00"], "not a real date"),
+        (["create_api_key", "bob", "--expires", "2001-01-01T00:00:00Z"], "is in the past"),
+        (["create_api_key"], "the following arguments are required: username"),
+        (["reprice", "--from", "2025-13-01"], "--from: not a real date"),
+        (["invite_user", "bob", "--email", "nope"], "--email: not an email address"),
+        (["prune_usage", "--older-than", "x"], "unrecognized arguments"),
+    ],
+)
+def test_bad_input_on_the_command_line_is_one_line(args, says, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.servers import ROOT
+
+    done = subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env={"DATABASE_URL": f"sqlite:///{tmp_path / 'cli.sqlite3'}", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode in (1, 2)
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and says in lines[0], done.stderr
+    assert "Traceback" not in done.stderr

@@ -7,10 +7,10 @@ import datetime as dt
 from decimal import Decimal, InvalidOperation
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.utils.dateparse import parse_datetime
 
 from keys.models import Period
 from keys.services import key_issue
+from proxyserver.commands import OneLineErrors, moment
 
 
 def _budget(text: str) -> Decimal:
@@ -43,7 +43,7 @@ _INT = _count(2**31 - 1)
 _BIGINT = _count(2**63 - 1)
 
 
-class Command(BaseCommand):
+class Command(OneLineErrors, BaseCommand):
     help = "Create a proxy key for USERNAME (creating the user if needed) and print it once."
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -73,11 +73,7 @@ class Command(BaseCommand):
     def handle(self, *args: object, **options: object) -> None:
         expires_at = None
         if options["expires"]:
-            expires_at = parse_datetime(str(options["expires"]))
-            if expires_at is None:
-                raise CommandError(f"--expires: not an ISO 8601 date-time: {options['expires']!r}")
-            if expires_at.tzinfo is None:
-                expires_at = expires_at.replace(tzinfo=dt.UTC)
+            expires_at = moment(str(options["expires"]), "--expires", dates=False)
             # In UTC: Python takes offsets up to ±23:59, PostgreSQL only up to ±15:59.
             expires_at = expires_at.astimezone(dt.UTC)
             if expires_at <= dt.datetime.now(dt.UTC):

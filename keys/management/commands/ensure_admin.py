@@ -15,8 +15,10 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandParser
 
+from proxyserver.commands import OneLineErrors
 
-class Command(BaseCommand):
+
+class Command(OneLineErrors, BaseCommand):
     help = (
         "Create the admin user named by ADMIN_USERNAME with ADMIN_PASSWORD if it does not exist; "
         "when ADMIN_PASSWORD is set, make it the existing admin's password too."

@@ -12,6 +12,7 @@ from django.core.management.base import BaseCommand, CommandParser
 from django.core.validators import validate_email
 
 from keys.selfservice import user_invite, user_max_keys_set
+from proxyserver.commands import OneLineErrors
 
 
 def _email(text: str) -> str:
@@ -34,7 +35,7 @@ def _url(text: str) -> str:
     return text
 
 
-class Command(BaseCommand):
+class Command(OneLineErrors, BaseCommand):
     help = (
         "Invite USERNAME (made if new): print a one-time link to set a password, and email it "
         "when the user has an address."

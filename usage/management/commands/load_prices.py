@@ -6,6 +6,7 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from proxyserver.commands import OneLineErrors
 from usage.prices import (
     SHIPPED_ALIASES,
     SHIPPED_PRICES,
@@ -16,7 +17,7 @@ from usage.prices import (
 )
 
 
-class Command(BaseCommand):
+class Command(OneLineErrors, BaseCommand):
     help = (
         "Load model prices (USD per 1M tokens), the model-alias table and built-in tool fees "
         "from CSV files, the shipped OpenAI files by default. A changed price gets a new row "

@@ -10,6 +10,7 @@ from django.db import transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
+from proxyserver.commands import OneLineErrors
 from usage.models import UsageRecord
 
 BATCH_SIZE = 5_000
@@ -39,7 +40,7 @@ def _batch_bound(rows: QuerySet[UsageRecord], batch_size: int) -> int | None:
     return bound
 
 
-class Command(BaseCommand):
+class Command(OneLineErrors, BaseCommand):
     help = (
         "Delete usage records older than USAGE_RETENTION_DAYS (0 keeps them forever; --days "
         "overrides) and blank the request/response bodies of records older than "

@@ -12,10 +12,11 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
 from keys.money import usd
+from proxyserver.commands import OneLineErrors
 from usage.services import reservations_heal
 
 
-class Command(BaseCommand):
+class Command(OneLineErrors, BaseCommand):
     help = (
         "End the reservations of relay processes not seen for --stale-seconds (killed, OOM): "
         "each becomes a record billed at its prompt's estimate, the rest of the budget released."

@@ -16,6 +16,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_date
 
 from keys.money import usd
+from proxyserver.commands import OneLineErrors
 from relay.org_usage import OrgUsageError, org_usage_fetch
 from usage.models import ReconciliationRow
 from usage.reconciliation import reconciliation_run
@@ -84,7 +85,7 @@ def table_lines(rows: list[ReconciliationRow]) -> list[str]:
     return [line(header), "  ".join("-" * width for width in widths[:-1]), *map(line, cells)]
 
 
-class Command(BaseCommand):
+class Command(OneLineErrors, BaseCommand):
     help = (
         "Compare the proxy's usage records with OpenAI's organization Usage and Costs API "
         "(OPENAI_ADMIN_KEY) per UTC day and model: requests, tokens and USD. Prints the "

@@ -5,24 +5,18 @@ from __future__ import annotations
 import datetime as dt
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.utils.dateparse import parse_date, parse_datetime
 
 from keys.money import usd
+from proxyserver.commands import OneLineErrors, moment
 from usage.repricing import records_reprice
 
 
 def _when(text: str, flag: str) -> dt.datetime:
     """A date (midnight UTC) or an ISO 8601 date-time."""
-    moment = parse_datetime(text)
-    if moment is None:
-        day = parse_date(text) if len(text) == 10 else None
-        if day is None:
-            raise CommandError(f"{flag}: not a date (YYYY-MM-DD) or ISO 8601 date-time: {text!r}")
-        moment = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
-    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+    return moment(text, flag)
 
 
-class Command(BaseCommand):
+class Command(OneLineErrors, BaseCommand):
     help = (
         "Re-price the records of a period with the price table as it is now (after a price "
         "was corrected in the admin or by load_prices), moving the differences into the "

@@ -9,12 +9,13 @@ from django.views.generic import RedirectView
 
 from keys import account_views
 from keys import views as keys_views
-from proxyserver import health, sso
+from proxyserver import health, metrics, sso
 from relay import views as relay_views
 
 urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
+    path("metrics", metrics.metrics, name="metrics"),
     path("v1/proxy/me", relay_views.proxy_me, name="proxy_me"),
     re_path(r"^v1/(?P<path>.*)$", relay_views.relay, name="relay"),
     # The original proxy's URL form: the key in the path, any bearer value ignored.

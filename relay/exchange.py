@@ -17,8 +17,9 @@ import random
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from django.conf import settings
@@ -26,7 +27,7 @@ from django.conf import settings
 from keys.ratelimit import RateTicket, rate_release
 from keys.selectors import KeyInfo
 from keys.services import Reservation
-from relay import lifecycle, recording
+from relay import lifecycle, metrics, recording, request_log
 from relay.metering import BuiltinTools
 from relay.protocol import responses_tool_calls, server_tool_calls
 from relay.tokens import count_text
@@ -34,6 +35,7 @@ from usage.models import RecordState, UsageRecord
 from usage.pricing import FREE_TIERS, Price, PriceBook, TokenUsage
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 REDACTED = "[redacted]"
 # Responses API ids this process handed out -> (user id, the tokens a continuation is billed
 # as history: its input + output, None while unknown). Their records are written after the
@@ -110,6 +112,11 @@ class Exchange:
         self.finish_later = False
         self.tools = BuiltinTools()  # the server-side tools it enabled, billed per call
         self.search_model = False  # a Chat Completions search model: one search per call
+        # Seconds spent waiting for OpenAI (its headers, then its body or stream), and the
+        # status it answered with (0: nothing was relayed): for the overhead and the error
+        # metrics (relay.metrics).
+        self.upstream_seconds = 0.0
+        self.upstream_status = 0
         self._finished = False
 
     # -- inputs ------------------------------------------------------------------------------
@@ -184,6 +191,18 @@ class Exchange:
         if self.ttfb_ms is None:
             self.ttfb_ms = int((time.perf_counter() - self.started) * 1000)
 
+    async def waiting_upstream(self, answer: Awaitable[T]) -> T:
+        """Await part of upstream's answer (its headers, its body), counted as upstream's time."""
+        started = time.perf_counter()
+        try:
+            return await answer
+        finally:
+            self.upstream_seconds += time.perf_counter() - started
+
+    def from_upstream(self, chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+        """Upstream's answer chunk by chunk, the wait for each counted as upstream's time."""
+        return _TimedChunks(self, chunks.__aiter__())
+
     def hand_over(self) -> None:
         """Its reservation outlives the request (a batch's, settled when the batch ends by
         relay.batches): no record is written now, and a later `finish` does nothing."""
@@ -237,6 +256,7 @@ class Exchange:
         elif usage is not None and usage.billable:
             cost = None  # no price table at all: unpriced, never $0
         usage = usage or TokenUsage()
+        elapsed = time.perf_counter() - self.started
         record = self.pending if self.pending is not None else UsageRecord()
         if self.reservation is None:
             record.pk = None  # not granted: a new record (a refusal, a failure before the grant)
@@ -264,7 +284,7 @@ class Exchange:
             "tool_calls": dict(usage.tool_calls) or None,
             "estimated": estimated,
             "client_disconnected": client_disconnected or self.client_gone,
-            "latency_ms": int((time.perf_counter() - self.started) * 1000),
+            "latency_ms": int(elapsed * 1000),
             "ttfb_ms": self.ttfb_ms,
             "upstream_request_id": recording.storable(upstream_request_id)[:128],
             "response_id": recording.storable(response_id)[:128],
@@ -280,6 +300,13 @@ class Exchange:
         if self.ticket is not None:
             _release_later(self.ticket, usage.total)
         recording.record_later(record)
+        try:
+            metrics.observe(self, record, elapsed, book)
+        except Exception:  # a bug in counting never fails the request it counts
+            log.exception("a request's metrics could not be counted")
+        # Its log line at the loop's next turn: after the answer went to the client's socket
+        # (most of the ~20 µs a line costs is the logging module's own).
+        asyncio.get_running_loop().call_soon(request_log.write, record, self.upstream_seconds)
 
     def _with_tool_calls(
         self, usage: TokenUsage, output: list | None, partial_images: int
@@ -291,6 +318,25 @@ class Exchange:
         if self.search_model:
             calls["search_model"] = 1
         return dataclasses.replace(usage, tool_calls=calls) if calls else usage
+
+
+class _TimedChunks:
+    """An iterator, not a generator: nothing to finalise when a stream is dropped midway."""
+
+    __slots__ = ("chunks", "ex")
+
+    def __init__(self, ex: Exchange, chunks: AsyncIterator[bytes]) -> None:
+        self.ex, self.chunks = ex, chunks
+
+    def __aiter__(self) -> _TimedChunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        started = time.perf_counter()
+        try:
+            return await self.chunks.__anext__()
+        finally:
+            self.ex.upstream_seconds += time.perf_counter() - started
 
 
 _releases: set[asyncio.Task] = set()

@@ -9,6 +9,7 @@
   and are recorded as interrupted. Then the lifespan shutdown writes every queued record.
 - Every process also polls OpenAI for the batches that ended (relay.batches), which settles
   their reservations; a batch's reservation is never the reaper's.
+- Every process also sends the budget alerts and expiry warnings due (alerts.delivery).
 - Work that outlives its request (a non-streamed answer read after the client left) runs as
   a tracked task, so shutdown waits for it.
 """
@@ -50,6 +51,7 @@ _registered = False
 _register_lock: asyncio.Lock | None = None
 _beat_task: asyncio.Task | None = None
 _poll_task: asyncio.Task | None = None  # relay.batches.poll_forever
+_alert_task: asyncio.Task | None = None  # alerts.delivery.deliver_forever
 _draining = False
 
 
@@ -79,7 +81,7 @@ def registered() -> bool:
 async def ensure_registered() -> None:
     """Before this process's first reservation: its token must be in the registry, or another
     process's reaper would take the reservation for a dead process's."""
-    global _registered, _register_lock, _beat_task, _poll_task
+    global _registered, _register_lock, _beat_task, _poll_task, _alert_task
     if _registered:
         return
     if _register_lock is None:
@@ -94,6 +96,10 @@ async def ensure_registered() -> None:
         from relay.batches import poll_forever  # it builds on the relay's views
 
         _poll_task = asyncio.get_running_loop().create_task(poll_forever())
+    if _alert_task is None or _alert_task.done():
+        from alerts.delivery import deliver_forever
+
+        _alert_task = asyncio.get_running_loop().create_task(deliver_forever(token=TOKEN))
 
 
 def _reap() -> None:
@@ -165,6 +171,9 @@ async def startup() -> None:
     for model in ("gpt-4o", "gpt-4"):
         await sync_to_async(count_text, thread_sensitive=False)("warm up", model)
     _watch_signals(asyncio.get_running_loop())
+    from relay import metrics  # it counts what this module holds (open streams)
+
+    metrics.start()
     try:
         await asyncio.wait_for(ensure_registered(), timeout=settings.PROXY_DB_TIMEOUT)
     except Exception as exc:  # noqa: BLE001 (serve anyway: requests get 503 until it is back)
@@ -179,7 +188,7 @@ async def shutdown() -> None:
         await asyncio.wait_for(recording.drain(), timeout=30)
     except TimeoutError:
         log.error("shutdown: %d usage records still unwritten after 30 s", recording.pending())
-    for task in (_beat_task, _poll_task):
+    for task in (_beat_task, _poll_task, _alert_task):
         if task is not None:
             task.cancel()
     if _registered and not recording.pending():
@@ -192,3 +201,6 @@ async def shutdown() -> None:
         except Exception:  # noqa: BLE001
             log.warning("could not leave the process registry; the reaper will tidy up")
     await upstream.close()
+    from relay import metrics
+
+    metrics.stop()

@@ -264,7 +264,7 @@ class AudioRelay(StreamRelay):
         outcome = "client_gone"  # what a CancelledError / GeneratorExit below means
         try:
             try:
-                async for chunk in self.resp.content.iter_any():
+                async for chunk in self.ex.from_upstream(self.resp.content.iter_any()):
                     self.ex.first_byte()
                     self.sent += len(chunk)
                     yield chunk

@@ -105,7 +105,7 @@ class StreamRelay:
         outcome = "client_gone"  # what a CancelledError / GeneratorExit below means
         try:
             try:
-                async for chunk in self.resp.content.iter_any():
+                async for chunk in self.ex.from_upstream(self.resp.content.iter_any()):
                     self.ex.first_byte()
                     for event in buffer.feed(chunk):
                         out = state.on_event(event)
@@ -185,7 +185,7 @@ class BodyRelay:
         lifecycle.open_streams.add(self)
         outcome = "client_gone"  # what a CancelledError / GeneratorExit below means
         try:
-            async for chunk in self.resp.content.iter_chunked(self.CHUNK):
+            async for chunk in self.ex.from_upstream(self.resp.content.iter_chunked(self.CHUNK)):
                 self.ex.first_byte()
                 yield chunk
             outcome = "done"

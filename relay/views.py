@@ -158,13 +158,17 @@ async def _send(
     ex: Exchange, method: str, path: str, body: bytes | None, request: HttpRequest, query: str = ""
 ) -> aiohttp.ClientResponse | HttpResponse:
     try:
-        return await upstream.open_request(
-            method,
-            path,
-            headers=upstream.upstream_headers(dict(request.headers), ex.key.user_id),
-            body=body,
-            query=query,
+        resp = await ex.waiting_upstream(
+            upstream.open_request(
+                method,
+                path,
+                headers=upstream.upstream_headers(dict(request.headers), ex.key.user_id),
+                body=body,
+                query=query,
+            )
         )
+        ex.upstream_status = resp.status
+        return resp
     except upstream.PoolBusy:
         return refuse(ex, errors.upstream_busy(), "upstream_busy")
     except TimeoutError:
@@ -197,7 +201,7 @@ def _upstream_auth_failed(ex: Exchange, resp: aiohttp.ClientResponse) -> HttpRes
 
 async def _read_all(ex: Exchange, resp: aiohttp.ClientResponse) -> bytes | HttpResponse:
     try:
-        data = await resp.read()
+        data = await ex.waiting_upstream(resp.read())
     except TimeoutError:
         resp.close()
         return refuse(ex, errors.upstream_timeout(), "upstream_timeout")

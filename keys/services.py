@@ -504,9 +504,22 @@ def _reserve_in_one_call(
     )
 
 
-def quota_settle(*, moves: list[LedgerMove]) -> None:
+@dataclasses.dataclass(frozen=True, slots=True)
+class LedgerSpend:
+    """What one settlement did to one ledger row's spend (read back from its UPDATE)."""
+
+    ledger_id: int
+    api_key_id: int | None
+    user_id: int | None
+    period: str
+    spent_before: Decimal
+    spent_after: Decimal
+
+
+def quota_settle(*, moves: list[LedgerMove]) -> list[LedgerSpend]:
     """Apply settlements to the ledgers; call inside the transaction that completes the usage
-    records, so ledger spend and the sum of record costs can never drift apart.
+    records, so ledger spend and the sum of record costs can never drift apart. Returns each
+    moved row's spend before and after (for budget alerts, alerts.services).
 
     Rows are locked key ledgers first, then user ledgers, each in id order: a reservation
     locks its key row then its user row, so neither it nor another writer can ever hold a row
@@ -526,6 +539,7 @@ def quota_settle(*, moves: list[LedgerMove]) -> None:
             total[3] += move.spend_tokens
     order = sorted(key_rows) + sorted(set(sums) - key_rows)
     table = QuotaLedger._meta.db_table
+    spends: list[LedgerSpend] = []
     with connection.cursor() as cursor:
         for ledger_id in order:
             released, released_tokens, spent, spent_tokens = sums[ledger_id]
@@ -535,7 +549,7 @@ def quota_settle(*, moves: list[LedgerMove]) -> None:
                 f"UPDATE {table} SET reserved_usd = reserved_usd - %s,"  # noqa: S608
                 " spent_usd = spent_usd + %s,"
                 " reserved_tokens = reserved_tokens - %s, tokens = tokens + %s WHERE id = %s"
-                " RETURNING spent_usd, reserved_usd",
+                " RETURNING spent_usd, reserved_usd, api_key_id, user_id, period",
                 [
                     money_param(released, connection),
                     money_param(spent, connection),
@@ -547,7 +561,9 @@ def quota_settle(*, moves: list[LedgerMove]) -> None:
             row = cursor.fetchone()
             if row is not None:
                 # SQLite: a sum that overflowed came back a REAL; refuse the whole write.
-                _money(row[0]), _money(row[1])
+                after, _ = _money(row[0]), _money(row[1])
+                spends.append(LedgerSpend(ledger_id, row[2], row[3], row[4], after - spent, after))
+    return spends
 
 
 def relay_process_beat(*, token: str, hostname: str, pid: int, started_at: dt.datetime) -> None:

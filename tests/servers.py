@@ -174,6 +174,9 @@ def start_proxy(
         "PROXY_KEY_CACHE_SECONDS": "30",
         # Finished batches are settled within a second (relay.batches); production: a minute.
         "PROXY_BATCH_POLL_SECONDS": "0.5",
+        # No alert sending unless a test asks (alerts/tests): the session's proxy would claim
+        # the alerts of a test's own proxy and send them with its own settings.
+        "ALERT_DELIVERY_SECONDS": "0",
         # 50+ characters, or the server refuses to start (proxyserver.secret_key).
         "SECRET_KEY": "test-secret-never-used-outside-the-tests-0123456789abcdef",
         "LOG_LEVEL": "WARNING",

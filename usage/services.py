@@ -20,6 +20,7 @@ from django.db import (
 from django.db.models import F, QuerySet, Value
 from django.utils import timezone
 
+from alerts.services import budget_alerts_record
 from keys.fields import MoneyField, money_param
 from keys.money import usd
 from keys.services import LedgerMove, quota_settle
@@ -320,7 +321,9 @@ def _records_write(records: list[UsageRecord]) -> int:
         _complete_rows(completed)
     rollups_add(rollups)
     # Last, so the ledger rows that reservations wait for are locked only until the commit.
-    quota_settle(moves=[m for m in moves if m.key_ledger_id is not None])
+    spends = quota_settle(moves=[m for m in moves if m.key_ledger_id is not None])
+    # In this transaction: a threshold's alert is committed with the spend that reached it.
+    budget_alerts_record(spends=spends, now=timezone.now())
     return len(new) + len(completed)
 
 
@@ -348,7 +351,8 @@ def usage_record_release(*, record_id: int, error_code: str, status_code: int) -
         row.estimated = True
         row.save(update_fields=["state", "status_code", "error_code", "estimated"])
         rollups_add([(row, 1)])
-        quota_settle(moves=[_end_at_estimate(row)])
+        spends = quota_settle(moves=[_end_at_estimate(row)])
+        budget_alerts_record(spends=spends, now=timezone.now())
     return True
 
 
@@ -386,7 +390,7 @@ def _reap_rows(rows: list[UsageRecord], now: dt.datetime) -> tuple[Decimal, Deci
         rows, ["state", "status_code", "error_code", "estimated", "latency_ms"]
     )
     rollups_add([(row, 1) for row in rows])
-    quota_settle(moves=moves)
+    budget_alerts_record(spends=quota_settle(moves=moves), now=now)
     return released, billed
 
 

@@ -293,7 +293,7 @@ def test_one_row_the_database_refuses_never_stops_the_reaper_healing_the_rest(ke
     def settle(*, moves):  # the database refuses this one row's ledger update
         if poison.pk in reaping:
             raise ValueError("refused")
-        real_settle(moves=moves)
+        return real_settle(moves=moves)
 
     reaping: set[int] = set()
     real_reap_rows = usage_services._reap_rows

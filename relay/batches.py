@@ -24,6 +24,7 @@ else gets OpenAI's 404, and lists show a user only their own batches.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
 import datetime as dt
 import logging
@@ -43,7 +44,7 @@ from keys.selectors import KeyInfo
 from relay import errors, recording, upstream
 from relay import views as base
 from relay.admission import grant, refuse
-from relay.database import UNAVAILABLE, in_db_thread
+from relay.database import UNAVAILABLE, in_db_thread, in_writer_thread
 from relay.exchange import Exchange
 from relay.metering import (
     METERED,
@@ -71,6 +72,15 @@ _PAGE_DEFAULT, _PAGE_MAX = 20, 100
 _AT_ONCE = 8  # batches asked about upstream at once (a list page, a poll)
 _POLL_CLAIM = 50  # batches one poll claims
 _LATENCY_MAX = 2**31 - 1  # the record's column, in ms (24 days)
+
+
+# The database lane for what a batch says: a request's (in_db_thread), or, for the poller,
+# the background lane, which never counts as the request path answering (relay.database).
+_lane: contextvars.ContextVar = contextvars.ContextVar("batch_lane", default=in_db_thread)
+
+
+def _db(fn, *args: object):  # noqa: ANN001, ANN202 (any database function)
+    return _lane.get()(fn, *args)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -511,7 +521,7 @@ async def _fetch(owner: Owned) -> dict[str, Any] | None:
     if seen is not None:
         if owner.record_id is None:  # a list's row: the record is looked up when it matters
             try:
-                owner = await in_db_thread(_owner, owner.user_id, owner.batch_id) or owner
+                owner = await _db(_owner, owner.user_id, owner.batch_id) or owner
             except UNAVAILABLE:
                 return seen
         await _observe(owner, seen)
@@ -533,7 +543,7 @@ async def _observe(owner: Owned, batch: dict[str, Any]) -> None:
     try:
         if files:
             await _adopt_files(owner, files)
-        await in_db_thread(_remember, owner, batch)
+        await _db(_remember, owner, batch)
     except UNAVAILABLE:
         return  # the next look at it tries again
     if batch.get("status") in FINISHED and owner.record_id is not None:
@@ -545,7 +555,7 @@ def _remember(owner: Owned, batch: dict[str, Any]) -> None:
 
 
 async def _adopt_files(owner: Owned, file_ids: list[str]) -> None:
-    known = await in_db_thread(
+    known = await _db(
         lambda: set(
             StoredObject.objects.filter(object_id__in=file_ids).values_list("object_id", flat=True)
         )
@@ -562,7 +572,7 @@ async def _adopt_files(owner: Owned, file_ids: list[str]) -> None:
             "created_at": int(timezone.now().timestamp()),
             "status": "processed",
         }
-        await in_db_thread(_adopt_file, owner, info)
+        await _db(_adopt_file, owner, info)
 
 
 def _adopt_file(owner: Owned, info: dict[str, Any]) -> None:
@@ -603,7 +613,7 @@ async def _settle(owner: Owned, batch: dict[str, Any]) -> None:
         book = await base._prices()
         if usage is None or book is None:
             return  # its output or the prices cannot be read now: the next look settles it
-        record = await in_db_thread(_final_record, record_id, batch, usage, book)
+        record = await _db(_final_record, record_id, batch, usage, book)
         if record is not None:
             recording.record_later(record)
             queued = True
@@ -730,7 +740,8 @@ def _claim_due(now: dt.datetime, every: dt.timedelta, limit: int) -> list[Owned]
 async def poll_once() -> int:
     """Ask OpenAI about the unfinished batches due a look; returns how many were asked."""
     every = dt.timedelta(seconds=settings.PROXY_BATCH_POLL_SECONDS)
-    due = await in_db_thread(_claim_due, timezone.now(), every, _POLL_CLAIM)
+    _lane.set(in_writer_thread)  # this task's, and the tasks it starts
+    due = await in_writer_thread(_claim_due, timezone.now(), every, _POLL_CLAIM)
     limit = asyncio.Semaphore(_AT_ONCE)
 
     async def one(owner: Owned) -> None:

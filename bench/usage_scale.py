@@ -273,6 +273,7 @@ def time_pages(actors: dict[str, object], runs: int, warmup: int) -> list[tuple]
     today = timezone.now().date()
     last_90 = f"from={today - dt.timedelta(days=89)}&to={today}"
     last_30 = f"from={today - dt.timedelta(days=29)}&to={today}"
+    last_7 = f"from={today - dt.timedelta(days=6)}&to={today}"
     record = UsageRecord.objects.filter(user=user).order_by("-created_at", "-id").first()
     pages = [
         ("user", "dashboard, user, last 30 days", "/dashboard/"),
@@ -280,6 +281,14 @@ def time_pages(actors: dict[str, object], runs: int, warmup: int) -> list[tuple]
         ("staff", "dashboard, staff (everyone), 30 days", "/dashboard/"),
         ("staff", "dashboard, staff (everyone), 90 days", f"/dashboard/?{last_90}"),
         ("staff", "dashboard of a user, opened by staff", f"/dashboard/users/{user.username}/"),
+        ("staff", "dashboard, staff, 7 days by hour", f"/dashboard/?{last_7}&group=hour"),
+        ("user", "dashboard, user, 7 days by hour", f"/dashboard/?{last_7}&group=hour"),
+        ("staff", "dashboard, staff, request log page 5", "/dashboard/?page=5"),
+        (
+            "staff",
+            "dashboard, staff, log filtered (model, 5xx)",
+            "/dashboard/?model=o4-mini&status=5xx&endpoint=chat/completions",
+        ),
         ("user", "request detail", f"/dashboard/requests/{record.pk}/"),
         ("user", "dashboard CSV by model, user", "/dashboard/usage.csv?group_by=model"),
         ("staff", "dashboard CSV by user, staff", "/dashboard/usage.csv?group_by=user"),

@@ -6,6 +6,7 @@ one with `key_issue` and shows the secret once, in the message after saving.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -15,11 +16,13 @@ from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
 from django.db import models
-from django.db.models import Q
+from django.db.models import Case, F, OuterRef, Q, Subquery, Value, When
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django.utils.html import format_html
 
-from keys.models import ApiKey, QuotaLedger, UserLimit
+from keys.fields import MoneyField
+from keys.models import ApiKey, Period, QuotaLedger, UserLimit, period_start
 from keys.money import usd
 from keys.selfservice import user_invite, user_max_keys_set
 from keys.services import LIMIT_FIELDS, key_issue, key_revoke, key_update_limits, user_limit_set
@@ -143,6 +146,36 @@ class KeyStatusFilter(admin.SimpleListFilter):
         return queryset
 
 
+def keys_with_spend(keys: QuerySet[ApiKey], *, now: dt.datetime) -> QuerySet[ApiKey]:
+    """`keys` with this period's `spent_usd` and `reserved_usd` (each key's own period, from
+    its ledger row; 0 before its first request of the period), `remaining_usd` (empty without
+    a budget) and `last_used_at` (its latest usage record), as subqueries of one query."""
+    from usage.models import UsageRecord  # usage depends on keys, not the other way round
+
+    this_period = Case(
+        *(When(period=period, then=Value(period_start(period, now))) for period in Period),
+        output_field=models.DateTimeField(),
+    )
+    ledger = QuotaLedger.objects.filter(
+        api_key=OuterRef("pk"), period=OuterRef("period"), period_start=this_period
+    )
+    zero = Value(Decimal(0), output_field=MoneyField())
+    spent = Coalesce(Subquery(ledger.values("spent_usd")[:1], output_field=MoneyField()), zero)
+    reserved = Coalesce(
+        Subquery(ledger.values("reserved_usd")[:1], output_field=MoneyField()), zero
+    )
+    # Walks the (api_key, -created_at) index: one row per key.
+    latest = UsageRecord.objects.filter(api_key=OuterRef("pk")).order_by("-created_at")
+    return keys.annotate(
+        spent_usd=spent,
+        reserved_usd=reserved,
+        remaining_usd=models.ExpressionWrapper(
+            F("budget_usd") - F("spent_usd") - F("reserved_usd"), output_field=MoneyField()
+        ),
+        last_used_at=Subquery(latest.values("created_at")[:1]),
+    )
+
+
 @admin.register(ApiKey)
 class ApiKeyAdmin(KeepsBillingHistory, admin.ModelAdmin):
     form = LimitsForm
@@ -153,6 +186,9 @@ class ApiKeyAdmin(KeepsBillingHistory, admin.ModelAdmin):
         "status",
         "budget",
         "period",
+        "spent",
+        "remaining",
+        "last_used",
         "created_at",
         "expires_at",
     )
@@ -163,6 +199,26 @@ class ApiKeyAdmin(KeepsBillingHistory, admin.ModelAdmin):
     date_hierarchy = "created_at"
     actions = ("revoke_keys",)
     budget = money_column("budget_usd", "budget (USD)")
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[ApiKey]:
+        return keys_with_spend(super().get_queryset(request), now=timezone.now())
+
+    @admin.display(description="spent this period (USD)", ordering="spent_usd")
+    def spent(self, obj: ApiKey) -> str:
+        return usd(obj.spent_usd)
+
+    @admin.display(description="remaining (USD)", ordering="remaining_usd")
+    def remaining(self, obj: ApiKey) -> str:
+        if obj.budget_usd is None:
+            return "no budget"
+        # From the Decimals, not the database's difference: SQLite subtracts in floats.
+        return usd(obj.budget_usd - obj.spent_usd - obj.reserved_usd)
+
+    @admin.display(description="last used", ordering="last_used_at")
+    def last_used(self, obj: ApiKey) -> str:
+        if obj.last_used_at is None:
+            return "never"
+        return f"{obj.last_used_at.astimezone(dt.UTC):%Y-%m-%d %H:%M:%S} UTC"
 
     def get_fieldsets(self, request: HttpRequest, obj: ApiKey | None = None) -> list:
         key = (None, {"fields": ("user", "name", "expires_at", "log_bodies")})

@@ -13,8 +13,10 @@ from django.contrib import admin
 from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
+from django.db.models import Q
 from django.urls import path
 from django.utils.functional import cached_property
+from django.utils.html import format_html
 
 from keys.admin import money_column, read_only_fields
 from usage import admin_prices  # noqa: F401 (registers the price tables)
@@ -28,7 +30,7 @@ from usage.models import (
     UsageDaily,
     UsageRecord,
 )
-from usage.selectors import usage_days, usage_record_count
+from usage.selectors import RECORD_ENDPOINTS, STATUS_RANGES, usage_days, usage_record_count
 
 if TYPE_CHECKING:
     from django.db.models import QuerySet
@@ -104,20 +106,11 @@ class RollupDateChangeList(ChangeList):
 
 
 class EndpointFilter(admin.SimpleListFilter):
-    # Fixed choices: listing the distinct values would read every row of the table.
     title = "endpoint"
     parameter_name = "endpoint"
-    ENDPOINTS = (
-        "chat/completions",
-        "completions",
-        "responses",
-        "embeddings",
-        "moderations",
-        "models",
-    )
 
     def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple]:
-        return [(e, e) for e in self.ENDPOINTS]
+        return [(e, e) for e in RECORD_ENDPOINTS]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
         return queryset.filter(endpoint=self.value()) if self.value() else queryset
@@ -126,42 +119,101 @@ class EndpointFilter(admin.SimpleListFilter):
 class StatusFilter(admin.SimpleListFilter):
     title = "status"
     parameter_name = "status"
-    RANGES = {
-        "2xx": ("Success (2xx)", 200, 299),
-        "4xx": ("Client error (4xx)", 400, 499),
-        "429": ("Quota or rate limit (429)", 429, 429),
-        "5xx": ("Upstream error (5xx)", 500, 599),
-        "errors": ("Any error (4xx, 5xx)", 400, 599),
-    }
 
     def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple]:
-        return [(value, label) for value, (label, _, _) in self.RANGES.items()]
+        return [(value, label) for value, (label, _, _) in STATUS_RANGES.items()]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
-        if self.value() not in self.RANGES:
+        if self.value() not in STATUS_RANGES:
             return queryset
-        _, low, high = self.RANGES[self.value()]
+        _, low, high = STATUS_RANGES[self.value()]
         return queryset.filter(status_code__gte=low, status_code__lte=high)
+
+
+class InputFilter(admin.SimpleListFilter):
+    """A filter typed into a box: a list of every user, key or model would be read from the
+    whole table and run to thousands of links."""
+
+    template = "admin/usage/input_filter.html"
+    placeholder = ""
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple]:
+        # Not empty, or Django would leave the filter out.
+        return [("", "")]
+
+    def choices(self, changelist: ChangeList) -> Any:
+        others = {
+            name: value
+            for name, value in changelist.get_filters_params().items()
+            if name != self.parameter_name
+        }
+        yield {
+            "value": self.value() or "",
+            "placeholder": self.placeholder,
+            "parameter_name": self.parameter_name,
+            "others": [
+                (name, item)
+                for name, values in others.items()
+                for item in (values if isinstance(values, list) else [values])
+            ],
+            "clear_url": changelist.get_query_string(remove=[self.parameter_name]),
+        }
+
+
+class UserFilter(InputFilter):
+    title = "user"
+    parameter_name = "username"
+    placeholder = "username"
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        return queryset.filter(user__username=self.value()) if self.value() else queryset
+
+
+class KeyFilter(InputFilter):
+    title = "key"
+    parameter_name = "key"
+    placeholder = "sk-proxy-…"
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        return queryset.filter(key_prefix__startswith=self.value()) if self.value() else queryset
+
+
+class ModelFilter(InputFilter):
+    title = "model (asked for or answered)"
+    parameter_name = "model"
+    placeholder = "gpt-4o-mini"
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        if not self.value():
+            return queryset
+        return queryset.filter(Q(model=self.value()) | Q(response_model=self.value()))
 
 
 @admin.register(UsageRecord)
 class UsageRecordAdmin(admin.ModelAdmin):
+    # Narrow enough for a 1400 px window beside the filters: one column each for the model
+    # (the answered one only where it differs), the status with its error code, the tokens.
     list_display = (
-        "created_at",
+        "time",
         "user",
         "key_prefix",
-        "endpoint",
-        "model",
-        "response_model",
-        "status_code",
-        "stream",
-        "prompt_tokens",
-        "completion_tokens",
+        "endpoint_shown",
+        "model_shown",
+        "status",
+        "tokens",
         "cost",
-        "latency_ms",
+        "latency",
+    )
+    list_display_links = ("time",)
+    list_filter = (
+        UserFilter,
+        KeyFilter,
+        ModelFilter,
+        EndpointFilter,
+        StatusFilter,
+        "stream",
         "estimated",
     )
-    list_filter = (EndpointFilter, StatusFilter, "stream", "estimated", "created_at")
     # Prefix and exact matches where a value is pasted whole; only model names are searched
     # as substrings.
     search_fields = (
@@ -179,6 +231,48 @@ class UsageRecordAdmin(admin.ModelAdmin):
     actions = ("export_csv",)
     cost = money_column("cost_usd", "cost (USD)")
     reserved = money_column("reserved_usd", "reserved (USD)")
+
+    @admin.display(description="time (UTC)", ordering="created_at")
+    def time(self, obj: UsageRecord) -> str:
+        return f"{obj.created_at.astimezone(dt.UTC):%Y-%m-%d %H:%M:%S}"
+
+    @admin.display(description="endpoint", ordering="endpoint")
+    def endpoint_shown(self, obj: UsageRecord) -> str:
+        if obj.stream:
+            return format_html('{} <span class="proxy-tag">stream</span>', obj.endpoint)
+        return obj.endpoint
+
+    @admin.display(description="model", ordering="model")
+    def model_shown(self, obj: UsageRecord) -> str:
+        if obj.response_model and obj.response_model != obj.model:
+            return format_html(
+                '{} <span class="proxy-muted">→ {}</span>', obj.model or "—", obj.response_model
+            )
+        return obj.model or obj.response_model or "—"
+
+    @admin.display(description="status", ordering="status_code")
+    def status(self, obj: UsageRecord) -> str:
+        css = "proxy-ok" if obj.status_code < 400 else "proxy-err"
+        if obj.error_code:
+            return format_html(
+                '<span class="{}">{}</span> <code>{}</code>', css, obj.status_code, obj.error_code
+            )
+        return format_html('<span class="{}">{}</span>', css, obj.status_code)
+
+    @admin.display(description="tokens in / out")
+    def tokens(self, obj: UsageRecord) -> str:
+        text = f"{obj.prompt_tokens:,} / {obj.completion_tokens:,}"
+        if obj.estimated:
+            return format_html(
+                '{} <span class="proxy-tag" title="counted by the proxy: upstream sent no '
+                'usage">est.</span>',
+                text,
+            )
+        return text
+
+    @admin.display(description="latency", ordering="latency_ms")
+    def latency(self, obj: UsageRecord) -> str:
+        return "—" if obj.latency_ms is None else f"{obj.latency_ms:,} ms"
 
     def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
         return RollupDateChangeList

@@ -17,7 +17,7 @@ from django.utils.safestring import SafeString, mark_safe
 
 from keys.money import CENT, MICRO_USD, usd
 from usage.models import ReconciliationRow
-from usage.selectors import UsageTotals
+from usage.selectors import ActivityBucket, UsageTotals
 
 # Colour-blind-friendly (Tableau 10); grey is kept for "other models".
 PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1")
@@ -77,16 +77,44 @@ def _legend(items: list[tuple[str, str]]) -> str:
     return f'<figcaption class="legend">{entries}</figcaption>'
 
 
+def _label_every(count: int, hourly: bool) -> int:
+    """Label every n-th column: about ten labels, and for hours on a whole step of the day."""
+    if not hourly:
+        return max(1, math.ceil(count / 10))
+    return next((step for step in (1, 2, 3, 6, 12) if count / step <= 14), 24)
+
+
+def _axis_label(bucket: dt.date, hourly: bool) -> str:
+    if hourly and isinstance(bucket, dt.datetime) and bucket.hour:
+        return f"{bucket:%H}:00"
+    return f"{bucket:%b} {bucket.day}"
+
+
+def _bucket_name(bucket: dt.date, hourly: bool) -> str:
+    if hourly and isinstance(bucket, dt.datetime):
+        return f"{bucket:%a %d %b %Y %H}:00–{bucket.hour + 1:02d}:00 UTC"
+    return f"{bucket:%a %d %b %Y}"
+
+
+def _bucket_attribute(bucket: dt.date, hourly: bool) -> str:
+    if hourly and isinstance(bucket, dt.datetime):
+        return f'data-hour="{bucket:%Y-%m-%dT%H}"'
+    day = bucket.date() if isinstance(bucket, dt.datetime) else bucket
+    return f'data-day="{day.isoformat()}"'
+
+
 def daily_spend_chart(
     *,
     days: list[tuple[dt.date, UsageTotals]],
     models: list[UsageTotals],
     spend_by_day_model: dict[tuple[dt.date, str], Decimal],
     chart_id: str = "daily-spend",
+    hourly: bool = False,
 ) -> SafeString:
-    """Columns of spend per day, stacked by model (`models` ordered by spend, most first): the
-    biggest spenders get a colour each, the rest share one grey band. A day with unpriced
-    requests gets a purple marker, since its column alone would understate it."""
+    """Columns of spend per day (or per hour: `days` then holds each hour's start), stacked by
+    model (`models` ordered by spend, most first): the biggest spenders get a colour each, the
+    rest share one grey band. A column with unpriced requests gets a purple marker, since its
+    column alone would understate it."""
     width, height = CHART_WIDTH, 280
     left, right, top, bottom = 72, 10, 16, 30
     plot_w, plot_h = width - left - right, height - top - bottom
@@ -102,10 +130,11 @@ def daily_spend_chart(
     def y(amount: Decimal) -> float:
         return baseline - float(amount / ceiling) * plot_h
 
+    unit = "hour" if hourly else "day"
     parts = [
         f'<svg id="{chart_id}" class="chart chart-columns" viewBox="0 0 {width} {height}" '
         f'role="img" aria-labelledby="{chart_id}-title" xmlns="http://www.w3.org/2000/svg">'
-        f'<title id="{chart_id}-title">Spend per day, stacked by model</title>'
+        f'<title id="{chart_id}-title">Spend per {unit}, stacked by model</title>'
     ]
     for n in range(ticks + 1):
         amount = step * n
@@ -117,11 +146,14 @@ def daily_spend_chart(
 
     slot = plot_w / max(1, len(days))
     bar_w = max(1.0, slot * 0.7)
-    label_every = max(1, math.ceil(len(days) / 10))
+    label_every = _label_every(len(days), hourly)
     any_unpriced = False
     for i, (day, totals) in enumerate(days):
         x = left + i * slot + (slot - bar_w) / 2
-        tooltip = [f"{day:%a %d %b %Y}", f"{format_spend(totals)} · {totals.requests:,} requests"]
+        tooltip = [
+            _bucket_name(day, hourly),
+            f"{format_spend(totals)} · {totals.requests:,} requests",
+        ]
         shapes: list[str] = []
         stacked = other = Decimal(0)
         for model in priced:
@@ -146,14 +178,15 @@ def daily_spend_chart(
             )
         # The group's <title> is the tooltip for the whole column, including its empty part.
         parts.append(
-            f'<g class="day" data-day="{day.isoformat()}"><title>{escape(chr(10).join(tooltip))}'
+            f'<g class="{unit}" {_bucket_attribute(day, hourly)}>'
+            f"<title>{escape(chr(10).join(tooltip))}"
             f'</title><rect class="hover" x="{left + i * slot:.1f}" y="{top}" '
             f'width="{slot:.1f}" height="{plot_h}"/>{"".join(shapes)}</g>'
         )
         if i % label_every == 0:
             parts.append(
                 f'<text class="axis-label" x="{left + i * slot + slot / 2:.1f}" '
-                f'y="{height - 8}" text-anchor="middle">{day:%b} {day.day}</text>'
+                f'y="{height - 8}" text-anchor="middle">{_axis_label(day, hourly)}</text>'
             )
     parts.append(
         f'<line class="axis" x1="{left}" x2="{width - right}" y1="{baseline}" y2="{baseline}"/>'
@@ -285,3 +318,163 @@ def drift_bar_chart(*, rows: list[ReconciliationRow], chart_id: str) -> SafeStri
     return mark_safe(  # noqa: S308 (numbers and escaped text only)
         f'<figure class="chart-figure">{"".join(parts)}</figure>'
     )
+
+
+def _columns_frame(
+    *, chart_id: str, title: str, ticks: list[tuple[float, str]], height: int = 200
+) -> tuple[list[str], float, float, float]:
+    """An SVG's opening, its grid lines at `ticks` (a fraction of the plot's height, its
+    label), and the plot's left edge, top and height."""
+    width, left, right, top, bottom = CHART_WIDTH, 72, 10, 16, 30
+    plot_h = height - top - bottom
+    parts = [
+        f'<svg id="{chart_id}" class="chart chart-columns" viewBox="0 0 {width} {height}" '
+        f'role="img" aria-labelledby="{chart_id}-title" xmlns="http://www.w3.org/2000/svg">'
+        f'<title id="{chart_id}-title">{escape(title)}</title>'
+    ]
+    for fraction, label in ticks:
+        y = top + plot_h * (1 - fraction)
+        parts.append(
+            f'<line class="grid" x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}"/>'
+            f'<text class="axis-label" x="{left - 8}" y="{y + 4:.1f}" text-anchor="end">'
+            f"{label}</text>"
+        )
+    return parts, left, top, plot_h
+
+
+def _x_axis(parts: list[str], buckets: list[ActivityBucket], *, hourly: bool, height: int) -> None:
+    left, right = 72, 10
+    slot = (CHART_WIDTH - left - right) / max(1, len(buckets))
+    every = _label_every(len(buckets), hourly)
+    for i, bucket in enumerate(buckets):
+        if i % every == 0:
+            parts.append(
+                f'<text class="axis-label" x="{left + i * slot + slot / 2:.1f}" '
+                f'y="{height - 8}" text-anchor="middle">{_axis_label(bucket.start, hourly)}</text>'
+            )
+    parts.append(
+        f'<line class="axis" x1="{left}" x2="{CHART_WIDTH - right}" y1="{height - 30}" '
+        f'y2="{height - 30}"/>'
+    )
+
+
+def _empty_note(parts: list[str], text: str, top: float, plot_h: float) -> None:
+    parts.append(
+        f'<text class="empty" x="{CHART_WIDTH / 2}" y="{top + plot_h / 2}" '
+        f'text-anchor="middle">{text}</text>'
+    )
+
+
+def _nice_ms(peak: int) -> int:
+    """A step of 1, 2 or 5 times a power of ten milliseconds; four of them cover `peak`."""
+    raw = max(1, math.ceil(peak / 4))
+    base = 10 ** (len(str(raw)) - 1)
+    return next(base * m for m in (1, 2, 5, 10) if base * m >= raw)
+
+
+def latency_chart(
+    *, buckets: list[ActivityBucket], hourly: bool, chart_id: str = "latency"
+) -> SafeString:
+    """Median and 95th-percentile latency per day or hour, as two lines; a bucket with no
+    timed request leaves a gap rather than reading as 0 ms."""
+    height = 220
+    peak = max((b.p95_ms or 0 for b in buckets), default=0)
+    step = _nice_ms(peak)
+    ceiling = step * 4
+    ticks = [(n / 4, f"{step * n:,} ms") for n in range(5)]
+    unit = "hour" if hourly else "day"
+    parts, left, top, plot_h = _columns_frame(
+        chart_id=chart_id, title=f"Latency per {unit}: p50 and p95", ticks=ticks, height=height
+    )
+    slot = (CHART_WIDTH - left - 10) / max(1, len(buckets))
+    series = (("p50", "p50_ms", PALETTE[0]), ("p95", "p95_ms", PALETTE[1]))
+    for name, field, colour in series:
+        path, pen_down = [], False
+        for i, bucket in enumerate(buckets):
+            value = getattr(bucket, field)
+            if value is None:
+                pen_down = False
+                continue
+            x = left + i * slot + slot / 2
+            y = top + plot_h * (1 - value / ceiling)
+            path.append(f"{'L' if pen_down else 'M'}{x:.1f} {y:.1f}")
+            pen_down = True
+        if path:
+            parts.append(
+                f'<path class="line" data-series="{name}" d="{" ".join(path)}" fill="none" '
+                f'stroke="{colour}" stroke-width="2"/>'
+            )
+    for i, bucket in enumerate(buckets):
+        if bucket.p50_ms is None:
+            continue
+        x = left + i * slot + slot / 2
+        tooltip = (
+            f"{_bucket_name(bucket.start, hourly)}\np50 {bucket.p50_ms:,} ms · "
+            f"p95 {bucket.p95_ms:,} ms · {bucket.requests:,} requests"
+        )
+        parts.append(
+            f'<g class="{unit}" {_bucket_attribute(bucket.start, hourly)} '
+            f'data-p50="{bucket.p50_ms}" data-p95="{bucket.p95_ms}"><title>{escape(tooltip)}'
+            f'</title><rect class="hover" x="{left + i * slot:.1f}" y="{top}" '
+            f'width="{slot:.1f}" height="{plot_h}"/>'
+            f'<circle cx="{x:.1f}" cy="{top + plot_h * (1 - bucket.p95_ms / ceiling):.1f}" '
+            f'r="2.5" fill="{PALETTE[1]}"/></g>'
+        )
+    _x_axis(parts, buckets, hourly=hourly, height=height)
+    if not peak:
+        _empty_note(parts, "No timed requests in this range", top, plot_h)
+    parts.append("</svg>")
+    legend = _legend([("p50 (median)", PALETTE[0]), ("p95", PALETTE[1])])
+    return mark_safe(  # noqa: S308 (numbers and escaped text only)
+        f'<figure class="chart-figure">{"".join(parts)}{legend}</figure>'
+    )
+
+
+def error_rate_chart(
+    *, buckets: list[ActivityBucket], hourly: bool, chart_id: str = "error-rate"
+) -> SafeString:
+    """The share of requests answered with an error (status 400 and up: the proxy's refusals
+    and OpenAI's errors) per day or hour, as columns."""
+    height = 200
+    peak = max((b.error_rate or 0 for b in buckets), default=0)
+    # The axis's top: the next of 5%, 10%, 25%, 50%, 100% above the worst bucket.
+    ceiling = next((c for c in (0.05, 0.1, 0.25, 0.5) if peak <= c), 1.0)
+    ticks = [(n / 4, _percent(ceiling * n / 4)) for n in range(5)]
+    unit = "hour" if hourly else "day"
+    parts, left, top, plot_h = _columns_frame(
+        chart_id=chart_id, title=f"Error rate per {unit}", ticks=ticks, height=height
+    )
+    slot = (CHART_WIDTH - left - 10) / max(1, len(buckets))
+    bar_w = max(1.0, slot * 0.7)
+    for i, bucket in enumerate(buckets):
+        if not bucket.requests:
+            continue
+        rate = bucket.error_rate or 0.0
+        bar_h = plot_h * rate / ceiling
+        tooltip = (
+            f"{_bucket_name(bucket.start, hourly)}\n{_percent(rate)} errors: "
+            f"{bucket.errors:,} of {bucket.requests:,} requests"
+        )
+        parts.append(
+            f'<g class="{unit}" {_bucket_attribute(bucket.start, hourly)} '
+            f'data-errors="{bucket.errors}" data-requests="{bucket.requests}">'
+            f"<title>{escape(tooltip)}</title>"
+            f'<rect class="hover" x="{left + i * slot:.1f}" y="{top}" width="{slot:.1f}" '
+            f'height="{plot_h}"/>'
+            f'<rect class="segment" x="{left + i * slot + (slot - bar_w) / 2:.1f}" '
+            f'y="{top + plot_h - bar_h:.1f}" width="{bar_w:.1f}" height="{max(0.0, bar_h):.1f}" '
+            f'fill="{PALETTE[3]}"/></g>'
+        )
+    _x_axis(parts, buckets, hourly=hourly, height=height)
+    if not any(b.requests for b in buckets):
+        _empty_note(parts, "No requests in this range", top, plot_h)
+    parts.append("</svg>")
+    return mark_safe(  # noqa: S308 (numbers and escaped text only)
+        f'<figure class="chart-figure">{"".join(parts)}</figure>'
+    )
+
+
+def _percent(share: float) -> str:
+    """12%, 2.5%, 0.4%: whole percents from 10% up, one decimal below."""
+    text = f"{share * 100:.1f}".removesuffix(".0")
+    return f"{share * 100:.0f}%" if share >= 0.1 else f"{text}%"

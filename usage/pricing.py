@@ -26,6 +26,13 @@ _RESOLVED_MAX = 10_000
 FREE_TIERS = ("", "default", "auto", "standard")
 ZERO = Decimal(0)
 _DATED = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{4})$")
+
+
+def model_undated(model: str) -> str:
+    """`model` without a snapshot's date: `gpt-4o-mini-2024-07-18` → `gpt-4o-mini`."""
+    return _DATED.sub("", model)
+
+
 # A row with any of these is priced (DALL·E rows have none: their fees are per image).
 _PRICED_BY = (
     "input_per_1m",

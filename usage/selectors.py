@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import math
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from typing import Any
@@ -24,7 +25,7 @@ from usage.models import (
     UsageDaily,
     UsageRecord,
 )
-from usage.pricing import Price, ToolFee
+from usage.pricing import Price, ToolFee, model_undated
 
 
 def price_rows() -> list[Price]:
@@ -148,8 +149,9 @@ def usage_dashboard(
     by_model: dict[str, UsageTotals] = {}
     spend: dict[tuple[dt.date, str], Decimal] = {}
     total = UsageTotals(label="total")
+    folded = models_folded({row["model"] for row in grouped})
     for row in grouped:
-        model = row["model"] or "(no model)"
+        model = folded.get(row["model"], row["model"]) or "(no model)"
         by_day[row["day"]].add(row)
         by_model.setdefault(model, UsageTotals(label=model)).add(row)
         total.add(row)
@@ -168,6 +170,22 @@ def usage_dashboard(
     )
 
 
+def models_folded(names: Iterable[str]) -> dict[str, str]:
+    """Which model names to show under another's row: a request is kept under the model
+    OpenAI answered with (`gpt-4o-mini-2024-07-18`), and one refused before it reached OpenAI
+    under the model asked for (`gpt-4o-mini`), so each model asked for by its alias would
+    read as two rows. An undated name goes to its snapshot's row when exactly one snapshot
+    of it is in the same report; with two (`gpt-4o-2024-08-06` and `-11-20`) which one the
+    refused requests would have got is unknown, so it keeps its own row."""
+    names = set(names)
+    snapshots: dict[str, list[str]] = {}
+    for name in names:
+        undated = model_undated(name)
+        if undated != name and undated in names:
+            snapshots.setdefault(undated, []).append(name)
+    return {alias: found[0] for alias, found in snapshots.items() if len(found) == 1}
+
+
 def _most_spend_first(rows: Iterable[UsageTotals]) -> list[UsageTotals]:
     return sorted(rows, key=lambda t: (-t.cost_usd, -t.unpriced_requests, -t.requests, t.label))
 
@@ -181,6 +199,192 @@ def usage_by_user(*, start: dt.date, end: dt.date, today: dt.date) -> list[Usage
         name = row["user__username"]
         by_user.setdefault(name, UsageTotals(label=name)).add(row)
     return _most_spend_first(by_user.values())
+
+
+def usage_by_key(
+    *, user_id: int, start: dt.date, end: dt.date, today: dt.date
+) -> list[UsageTotals]:
+    """One user's totals per key from `start` to `end` inclusive, biggest spender first,
+    each labelled as its key is (`sk-proxy-abc… (laptop)`)."""
+    by_key: dict[int | None, UsageTotals] = {}
+    for row in _rollup_sums(
+        user_id=user_id, group=("api_key_id",), start=start, end=end, today=today
+    ):
+        by_key.setdefault(row["api_key_id"], UsageTotals()).add(row)
+    names = {key.pk: str(key) for key in ApiKey.objects.filter(pk__in=[k for k in by_key if k])}
+    for key_id, totals in by_key.items():
+        totals.label = names.get(key_id, "(deleted key)") if key_id else "(deleted key)"
+    return _most_spend_first(by_key.values())
+
+
+@dataclasses.dataclass
+class ActivityBucket:
+    """Requests, errors and latency of one hour or one UTC day."""
+
+    start: dt.datetime
+    requests: int = 0
+    errors: int = 0
+    p50_ms: int | None = None
+    p95_ms: int | None = None
+    cost_usd: Decimal = Decimal(0)
+    unpriced_requests: int = 0
+    spend_by_model: dict[str, Decimal] = dataclasses.field(default_factory=dict)
+
+    @property
+    def error_rate(self) -> float | None:
+        return self.errors / self.requests if self.requests else None
+
+    def totals(self) -> UsageTotals:
+        return UsageTotals(
+            label=self.start.isoformat(),
+            requests=self.requests,
+            errors=self.errors,
+            cost_usd=self.cost_usd,
+            unpriced_requests=self.unpriced_requests,
+        )
+
+
+def _percentile(ordered: list[int], pct: int) -> int | None:
+    """Nearest rank: the smallest value at least `pct`% of `ordered` are at or below."""
+    if not ordered:
+        return None
+    return ordered[max(0, math.ceil(pct / 100 * len(ordered)) - 1)]
+
+
+def _activity_of(start: dt.datetime, rows: list[tuple]) -> ActivityBucket:
+    bucket = ActivityBucket(start=start)
+    latencies = sorted(row[1] for row in rows if row[1] is not None)
+    bucket.p50_ms, bucket.p95_ms = _percentile(latencies, 50), _percentile(latencies, 95)
+    for _, _, status, cost, model in rows:
+        bucket.requests += 1
+        bucket.errors += status >= 400
+        if cost is None:
+            bucket.unpriced_requests += status < 400
+            continue
+        bucket.cost_usd += cost
+        bucket.spend_by_model[model] = bucket.spend_by_model.get(model, Decimal(0)) + cost
+    return bucket
+
+
+def _day_activity(*, user_id: int | None, day: dt.date) -> tuple[ActivityBucket, list]:
+    """The day's bucket and its 24 hours' (all of them, empty ones too), from its records:
+    percentiles cannot be added up from the rollup's sums."""
+    since = dt.datetime.combine(day, dt.time.min, tzinfo=dt.UTC)
+    records = UsageRecord.objects.completed().filter(
+        created_at__gte=since, created_at__lt=since + dt.timedelta(days=1)
+    )
+    if user_id is not None:
+        records = records.filter(user_id=user_id)
+    by_hour: list[list[tuple]] = [[] for _ in range(24)]
+    for created_at, latency, status, cost, model, answered in records.values_list(
+        "created_at", "latency_ms", "status_code", "cost_usd", "model", "response_model"
+    ).order_by():
+        # The same model a rollup is kept under.
+        row = (created_at, latency, status, cost, answered or model)
+        by_hour[created_at.astimezone(dt.UTC).hour].append(row)
+    hours = [
+        _activity_of(since + dt.timedelta(hours=hour), rows) for hour, rows in enumerate(by_hour)
+    ]
+    return _activity_of(since, [row for rows in by_hour for row in rows]), hours
+
+
+def usage_activity(
+    *, user_id: int | None, start: dt.date, end: dt.date, today: dt.date, hourly: bool
+) -> list[ActivityBucket]:
+    """Requests, errors, spend and latency (p50, p95 of `latency_ms`) per UTC day, or per
+    hour when `hourly`, from `start` to `end` inclusive, empty buckets included; each
+    bucket's spend by model, under the names the by-model table uses.
+
+    Read from the records (a day is one index range of them); closed days, as on the rest of
+    the dashboard, from the cache once read, so a page reads at most the last two days."""
+    closed_end = today - dt.timedelta(days=2)
+    days = [start + dt.timedelta(days=n) for n in range((end - start).days + 1)]
+    scope = user_id or "all"
+    keys = {day: f"usage:activity:{scope}:{day}" for day in days if day <= closed_end}
+    cached = cache.get_many(list(keys.values()))
+    buckets: list[ActivityBucket] = []
+    for day in days:
+        found = cached.get(keys[day]) if day in keys else None
+        if found is None:
+            found = _day_activity(user_id=user_id, day=day)
+            if day in keys:
+                cache.set(keys[day], found, CLOSED_DAYS_CACHE_SECONDS)
+        daily, hours = found
+        buckets.extend(hours if hourly else [daily])
+    folded = models_folded({model for b in buckets for model in b.spend_by_model})
+    for bucket in buckets:
+        if any(model in folded for model in bucket.spend_by_model):
+            spend: dict[str, Decimal] = {}
+            for model, amount in bucket.spend_by_model.items():
+                name = folded.get(model, model)
+                spend[name] = spend.get(name, Decimal(0)) + amount
+            bucket.spend_by_model = spend
+    return buckets
+
+
+# The status choices of the request log and the admin's status filter: (label, low, high).
+STATUS_RANGES = {
+    "2xx": ("Success (2xx)", 200, 299),
+    "4xx": ("Client error (4xx)", 400, 499),
+    "429": ("Quota or rate limit (429)", 429, 429),
+    "5xx": ("Upstream error (5xx)", 500, 599),
+    "errors": ("Any error (4xx, 5xx)", 400, 599),
+}
+# Fixed choices: listing the distinct values would read every record.
+RECORD_ENDPOINTS = (
+    "chat/completions",
+    "completions",
+    "responses",
+    "embeddings",
+    "moderations",
+    "models",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class RequestLogPage:
+    records: list[UsageRecord]
+    page: int
+    has_next: bool
+
+
+def usage_request_log(
+    *,
+    user_id: int | None,
+    start: dt.date,
+    end: dt.date,
+    model: str = "",
+    endpoint: str = "",
+    status: str = "",
+    key_prefix: str = "",
+    page: int = 1,
+    per_page: int = 50,
+) -> RequestLogPage:
+    """One page of the records in the range, newest first, without their bodies. `model`
+    matches the model asked for or the one answered; `key_prefix` the start of a key's
+    prefix. Whether a next page exists is learnt by reading one record more, never by
+    counting a million."""
+    since = dt.datetime.combine(start, dt.time.min, tzinfo=dt.UTC)
+    until = dt.datetime.combine(end + dt.timedelta(days=1), dt.time.min, tzinfo=dt.UTC)
+    records = UsageRecord.objects.completed().filter(created_at__gte=since, created_at__lt=until)
+    if user_id is not None:
+        records = records.filter(user_id=user_id)
+    if model:
+        records = records.filter(Q(model=model) | Q(response_model=model))
+    if endpoint:
+        records = records.filter(endpoint=endpoint)
+    if status in STATUS_RANGES:
+        _, low, high = STATUS_RANGES[status]
+        records = records.filter(status_code__gte=low, status_code__lte=high)
+    if key_prefix:
+        records = records.filter(key_prefix__startswith=key_prefix)
+    offset = (page - 1) * per_page
+    found = list(
+        records.select_related("user")
+        .only(*RECENT_RECORD_FIELDS)
+        .order_by("-created_at", "-id")[offset : offset + per_page + 1]
+    )
+    return RequestLogPage(records=found[:per_page], page=page, has_next=len(found) > per_page)
 
 
 RECENT_RECORD_FIELDS = (
@@ -198,23 +402,8 @@ RECENT_RECORD_FIELDS = (
     "cost_usd",
     "latency_ms",
     "estimated",
+    "error_code",
 )
-
-
-def usage_records_recent(
-    *, user_id: int | None, start: dt.date, end: dt.date, limit: int = 50
-) -> list[UsageRecord]:
-    """The latest `limit` records in the range, without their bodies (which can be large)."""
-    since = dt.datetime.combine(start, dt.time.min, tzinfo=dt.UTC)
-    until = dt.datetime.combine(end + dt.timedelta(days=1), dt.time.min, tzinfo=dt.UTC)
-    records = UsageRecord.objects.completed().filter(created_at__gte=since, created_at__lt=until)
-    if user_id is not None:
-        records = records.filter(user_id=user_id)
-    return list(
-        records.select_related("user")
-        .only(*RECENT_RECORD_FIELDS)
-        .order_by("-created_at", "-id")[:limit]
-    )
 
 
 def usage_record_for_viewer(*, record_id: int, viewer: AbstractBaseUser) -> UsageRecord | None:
@@ -243,6 +432,7 @@ class BudgetLine:
     tokens: int
     request_limit: int | None
     requests: int
+    prefix: str = ""  # the key's; empty on the user's own line
 
     @property
     def remaining_usd(self) -> Decimal | None:
@@ -259,9 +449,16 @@ class BudgetLine:
 
 
 def _budget_line(
-    *, label: str, status: str, limits: Limits, ledger: QuotaLedger | None, start: dt.datetime
+    *,
+    label: str,
+    status: str,
+    limits: Limits,
+    ledger: QuotaLedger | None,
+    start: dt.datetime,
+    prefix: str = "",
 ) -> BudgetLine:
     return BudgetLine(
+        prefix=prefix,
         label=label,
         status=status,
         period=limits.period,
@@ -297,6 +494,7 @@ def budget_lines(
     key_lines = [
         _budget_line(
             label=str(key),
+            prefix=key.prefix,
             status=key.status,
             limits=key,
             ledger=ledgers.get((key.pk, key.period, starts[key.pk])),

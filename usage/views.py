@@ -23,24 +23,39 @@ from django.urls import reverse
 from django.utils import timezone
 
 from keys.money import usd
-from usage.charts import daily_spend_chart, drift_bar_chart, spend_bar_chart
+from usage.charts import (
+    daily_spend_chart,
+    drift_bar_chart,
+    error_rate_chart,
+    latency_chart,
+    spend_bar_chart,
+)
+from usage.error_codes import error_message_received
 from usage.exports import csv_download
 from usage.filters import FIRST_DAY, LAST_DAY
 from usage.models import ROLLUP_SUMS
 from usage.reconciliation import reconciliation_latest
 from usage.selectors import (
+    RECORD_ENDPOINTS,
+    STATUS_RANGES,
     DashboardUsage,
     UsageTotals,
     budget_lines,
+    usage_activity,
+    usage_by_key,
     usage_by_user,
     usage_dashboard,
     usage_record_for_viewer,
-    usage_records_recent,
+    usage_request_log,
 )
 
 DEFAULT_RANGE_DAYS = 30
 MAX_RANGE_DAYS = 366
-RECENT_RECORDS = 50
+LOG_PAGE_SIZE = 50
+# Pages are read by OFFSET: past this many, narrow the range or the filters instead.
+LOG_MAX_PAGE = 200
+# Hour columns for at most a week: 168 of them still fit the chart's width.
+HOURLY_MAX_DAYS = 7
 TOP_SPENDERS = 10
 CSV_GROUPS = ("model", "day", "user")
 EARLIEST_DAY = FIRST_DAY + dt.timedelta(days=MAX_RANGE_DAYS)
@@ -101,6 +116,50 @@ def _last_days(today: dt.date, days: int) -> str:
     return urlencode({"from": start.isoformat(), "to": today.isoformat()})
 
 
+class RequestLogForm(forms.Form):
+    """The request log's filters and page; a value that does not fit is dropped, not an error."""
+
+    model = forms.CharField(required=False, max_length=120)
+    endpoint = forms.ChoiceField(
+        required=False, choices=[("", "any")] + [(e, e) for e in RECORD_ENDPOINTS]
+    )
+    status = forms.ChoiceField(
+        required=False,
+        choices=[("", "any")] + [(v, label) for v, (label, _, _) in STATUS_RANGES.items()],
+    )
+    key = forms.CharField(required=False, max_length=24)
+    page = forms.IntegerField(required=False, min_value=1, max_value=LOG_MAX_PAGE)
+
+    def filters(self) -> dict[str, Any]:
+        self.is_valid()
+        data = {name: self.cleaned_data.get(name) for name in self.fields}
+        return {
+            "model": (data["model"] or "").strip(),
+            "endpoint": data["endpoint"] or "",
+            "status": data["status"] or "",
+            "key_prefix": (data["key"] or "").strip(),
+            "page": data["page"] or 1,
+        }
+
+
+def _grouping(request: HttpRequest, range_days: int) -> tuple[bool, str]:
+    """Whether the charts are by hour (asked for, or by default for a week or less), and why
+    hours were not used when asked for."""
+    asked = request.GET.get("group")
+    if asked == "hour" and range_days > HOURLY_MAX_DAYS:
+        return False, f"By hour shows at most {HOURLY_MAX_DAYS} days: shown by day."
+    if asked in ("hour", "day"):
+        return asked == "hour", ""
+    return range_days <= HOURLY_MAX_DAYS, ""
+
+
+def _log_url(request: HttpRequest, **changes: Any) -> str:
+    params = request.GET.copy()
+    for name, value in changes.items():
+        params[name] = value
+    return f"?{params.urlencode()}#requests"
+
+
 def _table_rows(usage: DashboardUsage, group_by: str) -> list[UsageTotals]:
     if group_by == "day":
         return [totals for _, totals in usage.days if totals.requests]
@@ -124,6 +183,32 @@ def _render_dashboard(request: HttpRequest, subject: AbstractBaseUser | None) ->
         user_id=subject.pk if subject else None, start=start, end=end, today=now.date()
     )
     query = urlencode({"from": start.isoformat(), "to": end.isoformat()})
+    range_days = (end - start).days + 1
+    hourly, group_note = _grouping(request, range_days)
+    user_id = subject.pk if subject else None
+    activity = usage_activity(
+        user_id=user_id, start=start, end=end, today=now.date(), hourly=hourly
+    )
+    if hourly:
+        spend_chart = daily_spend_chart(
+            days=[(bucket.start, bucket.totals()) for bucket in activity],
+            models=usage.models,
+            spend_by_day_model={
+                (bucket.start, model): amount
+                for bucket in activity
+                for model, amount in bucket.spend_by_model.items()
+            },
+            hourly=True,
+        )
+    else:
+        spend_chart = daily_spend_chart(
+            days=usage.days, models=usage.models, spend_by_day_model=usage.spend_by_day_model
+        )
+    log_form = RequestLogForm(request.GET)
+    log_filters = log_form.filters()
+    log = usage_request_log(
+        user_id=user_id, start=start, end=end, per_page=LOG_PAGE_SIZE, **log_filters
+    )
     if subject is None:
         csv_url = reverse("usage:dashboard_csv")
     else:
@@ -132,22 +217,37 @@ def _render_dashboard(request: HttpRequest, subject: AbstractBaseUser | None) ->
         "subject": subject,
         "start": start,
         "end": end,
-        "range_days": (end - start).days + 1,
+        "range_days": range_days,
         "range_errors": range_errors,
+        "hourly": hourly,
+        "group_note": group_note,
+        "hourly_allowed": range_days <= HOURLY_MAX_DAYS,
+        "group_urls": {
+            "day": _log_url(request, group="day").removesuffix("#requests"),
+            "hour": _log_url(request, group="hour").removesuffix("#requests"),
+        },
         "presets": [(f"Last {days} days", _last_days(now.date(), days)) for days in (7, 30, 90)],
         "query": query,
         "csv_url": csv_url,
         "usage": usage,
         "day_rows": _table_rows(usage, "day"),
-        "daily_chart": daily_spend_chart(
-            days=usage.days, models=usage.models, spend_by_day_model=usage.spend_by_day_model
-        ),
+        "daily_chart": spend_chart,
+        "latency_chart": latency_chart(buckets=activity, hourly=hourly),
+        "error_rate_chart": error_rate_chart(buckets=activity, hourly=hourly),
         "model_chart": spend_bar_chart(
             rows=usage.models, chart_id="spend-by-model", title="Spend by model"
         ),
-        "recent": usage_records_recent(
-            user_id=subject.pk if subject else None, start=start, end=end, limit=RECENT_RECORDS
+        "log": log,
+        "log_form": log_form,
+        "log_filters": log_filters,
+        "log_endpoints": RECORD_ENDPOINTS,
+        "log_statuses": [(value, label) for value, (label, _, _) in STATUS_RANGES.items()],
+        "log_newer_url": _log_url(request, page=log.page - 1) if log.page > 1 else "",
+        "log_older_url": (
+            _log_url(request, page=log.page + 1) if log.has_next and log.page < LOG_MAX_PAGE else ""
         ),
+        "log_offset": (log.page - 1) * LOG_PAGE_SIZE,
+        "log_last": (log.page - 1) * LOG_PAGE_SIZE + len(log.records),
         "now": now,
     }
     if subject is None:
@@ -168,6 +268,11 @@ def _render_dashboard(request: HttpRequest, subject: AbstractBaseUser | None) ->
             )
     else:
         context["user_budget"], context["key_budgets"] = budget_lines(user=subject, now=now)
+        keys = usage_by_key(user_id=subject.pk, start=start, end=end, today=now.date())
+        context["keys"] = keys
+        context["keys_chart"] = spend_bar_chart(
+            rows=keys, chart_id="spend-by-key", title="Spend by key"
+        )
     return render(request, "usage/dashboard.html", context)
 
 
@@ -233,6 +338,11 @@ def request_detail(request: HttpRequest, record_id: int) -> HttpResponse:
         "usage/request_detail.html",
         {
             "record": record,
+            "error_message": error_message_received(
+                error_code=record.error_code, response_body=record.response_body
+            )
+            if record.status_code >= 400 or record.error_code
+            else "",
             "request_body": _pretty_body(record.request_body),
             "response_body": _pretty_body(record.response_body),
         },

@@ -4,6 +4,7 @@ browse and export usage without the pages slowing down as the records table grow
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 import re
 from decimal import Decimal
@@ -373,3 +374,98 @@ def test_a_key_page_for_staff_who_may_only_view_shows_the_budget_in_cents(
     page = client.get(f"/admin/keys/apikey/{bob_key[0].pk}/change/")
     assert cells(page, "budget") == ["1.00"]
     assert "1.000000000000" not in page.content.decode()
+
+
+# --- the console: what an operator sees at a glance --------------------------------------
+
+
+def test_the_key_list_shows_spend_remaining_and_last_use_in_one_query(
+    admin_client, alice_key, bob_key, make_record, at
+):
+    from django.utils import timezone
+
+    from keys.models import Period, period_start
+    from keys.services import key_issue
+
+    alice, bob = alice_key[0], bob_key[0]
+    carol, _ = key_issue(username="carol")
+    alice.budget_usd, alice.period = Decimal("5"), Period.DAY
+    alice.save()
+    today = period_start(Period.DAY, timezone.now())
+    QuotaLedger.objects.create(
+        api_key=alice,
+        period=Period.DAY,
+        period_start=today,
+        spent_usd=Decimal("1.234567891"),
+        reserved_usd=Decimal("0.5"),
+    )
+    # Yesterday's row is another period: not this period's spend.
+    QuotaLedger.objects.create(
+        api_key=alice,
+        period=Period.DAY,
+        period_start=today - dt.timedelta(days=1),
+        spent_usd=Decimal("9"),
+    )
+    make_record(alice, created_at=at(0, 1))
+    latest = make_record(alice, created_at=at(0, 2) + dt.timedelta(seconds=7))
+
+    with CaptureQueriesContext(connection) as queries:
+        response = admin_client.get("/admin/keys/apikey/")
+    page = response.content.decode()
+    # The page's rows with their spend and last use, not a query per key.
+    spend_queries = [q for q in queries if "keys_quotaledger" in q["sql"]]
+    use_queries = [q for q in queries if "usage_usagerecord" in q["sql"]]
+    assert len(spend_queries) == 1 and use_queries == spend_queries
+
+    def row_of(key: ApiKey) -> str:
+        return re.search(rf"<tr>(?:(?!</tr>).)*{key.prefix}(?:(?!</tr>).)*</tr>", page, re.S)[0]
+
+    row = row_of(alice)
+    assert '<td class="field-spent">1.234568</td>' in row
+    assert '<td class="field-remaining">3.265432</td>' in row
+    assert f"{latest.created_at:%Y-%m-%d %H:%M:%S} UTC" in row
+    bob_row = row_of(bob)  # a $1 total budget, never used
+    assert '<td class="field-remaining">1.00</td>' in bob_row
+    assert '<td class="field-last_used">never</td>' in bob_row
+    assert '<td class="field-remaining">no budget</td>' in row_of(carol)
+    for column in ("spent", "remaining", "last_used"):
+        assert f"sortable column-{column}" in page
+    by_spend = admin_client.get("/admin/keys/apikey/", {"o": "-7"}).context["cl"].result_list
+    assert by_spend[0].pk == alice.pk
+
+
+def test_the_records_list_reads_at_a_glance(admin_client, records):
+    page = admin_client.get(RECORDS).content.decode()
+    assert "icon-no.svg" not in page and "icon-yes.svg" not in page  # no red ✗ per row
+    assert page.count('<span class="proxy-tag">stream</span>') == 1
+    assert f"{records[0].created_at:%Y-%m-%d %H:%M:%S}" in page  # seconds shown
+    # The model once, the answered one beside it only where it differs.
+    assert 'gpt-4o-mini <span class="proxy-muted">→ gpt-4o-mini-2024-07-18</span>' in page
+    assert "text-embedding-3-small →" not in page
+    assert "100 / 20" in page  # tokens in / out
+    assert re.search(r"field-cost\">0.25<", page)
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ({"username": "bob"}, [2, 3]),
+        ({"key": "sk-proxy-"}, [0, 1, 2, 3]),
+        ({"model": "my-ft"}, [3]),
+        ({"model": "gpt-4o-mini-2024-07-18"}, [0, 2]),
+        ({"username": "bob", "status": "5xx"}, [3]),
+    ],
+)
+def test_the_records_list_filters_by_user_key_and_model(admin_client, records, query, expected):
+    response = admin_client.get(RECORDS, query)
+    assert response.status_code == 200
+    assert {r.pk for r in response.context["cl"].result_list} == {records[i].pk for i in expected}
+    page = response.content.decode()
+    # Typed into a box: the filter lists no users or keys.
+    assert 'name="username"' in page and 'name="key"' in page
+
+
+def test_the_records_list_filters_by_the_exact_key(admin_client, records):
+    alice_prefix = records[0].key_prefix
+    response = admin_client.get(RECORDS, {"key": alice_prefix})
+    assert {r.pk for r in response.context["cl"].result_list} == {records[0].pk, records[1].pk}

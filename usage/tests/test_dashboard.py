@@ -383,3 +383,134 @@ def test_a_range_at_the_calendars_ends_falls_back_with_a_reason(client, usage_da
 def test_a_request_id_past_the_column_is_not_found(client, usage_data):
     client.force_login(usage_data["alice_chat"].user)
     assert client.get("/dashboard/requests/99999999999999999999/").status_code == 404
+
+
+# --- the console: grouping, latency, errors, keys, the request log, refusals ----------------
+
+
+def test_a_refused_request_stays_in_its_models_row(client, alice_key, make_record):
+    key, _ = alice_key
+    make_record(key, model="gpt-4o-mini", response_model="gpt-4o-mini-2024-07-18")
+    # Refused before OpenAI: no answered model, so the rollup keeps it under the one asked for.
+    make_record(
+        key,
+        model="gpt-4o-mini",
+        response_model="",
+        status_code=429,
+        cost=None,
+        error_code="insufficient_quota",
+    )
+    client.force_login(key.user)
+    rows = _tables(client.get("/dashboard/"))["table-by-model"]
+    assert [(row[0], row[1], row[2]) for row in rows] == [("gpt-4o-mini-2024-07-18", "2", "1")]
+
+
+def test_a_refused_requests_page_says_what_the_client_was_told(client, alice_key, make_record):
+    key, _ = alice_key
+    record = make_record(
+        key, response_model="", status_code=429, cost=None, error_code="insufficient_quota"
+    )
+    client.force_login(key.user)
+    page = client.get(reverse("usage:request_detail", args=[record.pk])).content.decode()
+    assert "insufficient_quota" in page
+    assert 'id="error-message">The budget, token or request quota' in page
+
+
+def test_a_stored_error_body_is_shown_as_the_message_received(client, alice_key, make_record):
+    key, _ = alice_key
+    body = (
+        '{"error": {"message": "Budget of $5.00 spent until 1 Jan.", "code": "insufficient_quota"}}'
+    )
+    record = make_record(
+        key, status_code=429, cost=None, error_code="insufficient_quota", response_body=body
+    )
+    client.force_login(key.user)
+    page = client.get(reverse("usage:request_detail", args=[record.pk])).content.decode()
+    assert 'id="error-message">Budget of $5.00 spent until 1 Jan.<' in page
+
+
+def test_charts_group_by_hour_for_a_short_range(client, alice_key, make_record, at):
+    key, _ = alice_key
+    make_record(key, created_at=at(1, 9), latency_ms=100)
+    make_record(key, created_at=at(1, 9), latency_ms=300, status_code=500, cost=None)
+    make_record(key, created_at=at(1, 14), latency_ms=200)
+    client.force_login(key.user)
+    day = at(1).date().isoformat()
+    response = client.get(f"/dashboard/?from={day}&to={day}&group=hour")
+    spend = _svg(response, "daily-spend")
+    assert spend.count('class="hour"') == 24
+    latency = _svg(response, "latency")
+    assert f'data-hour="{day}T09" data-p50="100" data-p95="300"' in latency
+    assert f'data-hour="{day}T14" data-p50="200" data-p95="200"' in latency
+    errors = _svg(response, "error-rate")
+    assert f'data-hour="{day}T09" data-errors="1" data-requests="2"' in errors
+    assert "50% errors: 1 of 2 requests" in errors
+    # A week or less is by hour unless asked otherwise; a month is by day, even if asked.
+    assert 'class="hour"' in _svg(client.get(f"/dashboard/?from={day}&to={day}"), "latency")
+    month = client.get("/dashboard/?group=hour").content.decode()
+    assert "By hour shows at most 7 days" in month
+    assert 'class="day" data-day' in month and 'class="hour"' not in month
+
+
+def test_latency_per_day_is_p50_and_p95_of_the_days_records(client, alice_key, make_record, at):
+    key, _ = alice_key
+    for latency in range(100, 2100, 100):  # 20 requests: p50 1000 ms, p95 1900 ms
+        make_record(key, created_at=at(3, 10), latency_ms=latency)
+    client.force_login(key.user)
+    latency = _svg(client.get("/dashboard/?group=day"), "latency")
+    assert f'data-day="{at(3).date()}" data-p50="1000" data-p95="1900"' in latency
+    # Read again from the cache of closed days: the same figures.
+    latency = _svg(client.get("/dashboard/?group=day"), "latency")
+    assert f'data-day="{at(3).date()}" data-p50="1000" data-p95="1900"' in latency
+
+
+def test_a_users_page_shows_spend_per_key(client, alice_key, make_record):
+    key, _ = alice_key
+    from keys.services import key_issue
+
+    other, _ = key_issue(username=key.user.get_username(), name="ci runner")
+    make_record(key, cost="0.30")
+    make_record(other, cost="1.20")
+    make_record(other, cost="0.05")
+    client.force_login(key.user)
+    rows = _tables(client.get("/dashboard/"))["table-by-key"]
+    assert [(row[0], row[1], row[-1]) for row in rows] == [
+        (str(other), "2", "$1.25"),
+        (str(key), "1", "$0.30"),
+    ]
+    assert 'id="spend-by-key"' in client.get("/dashboard/").content.decode()
+
+
+def test_the_request_log_pages_and_filters(client, alice_key, make_record, at):
+    key, _ = alice_key
+    for n in range(55):
+        make_record(key, created_at=at(0, 0) + dt.timedelta(minutes=n))
+    make_record(
+        key,
+        created_at=at(0, 2),
+        endpoint="embeddings",
+        model="text-embedding-3-small",
+        response_model="text-embedding-3-small",
+    )
+    make_record(key, created_at=at(0, 3), status_code=502, cost=None, error_code="upstream_error")
+    client.force_login(key.user)
+
+    first = client.get("/dashboard/")
+    assert len(_tables(first)["recent-requests"]) == 50
+    assert "page=2" in first.content.decode()
+    second = client.get("/dashboard/?page=2")
+    rows = _tables(second)["recent-requests"]
+    assert len(rows) == 7 and rows[-1][0].endswith("00:00:00")
+    assert "page=3" not in second.content.decode()
+
+    def log(**query):
+        return _tables(client.get("/dashboard/", query)).get("recent-requests", [])
+
+    assert [row[4] for row in log(status="5xx")] == ["502 upstream_error"]
+    assert [row[3] for row in log(model="text-embedding-3-small")] == ["text-embedding-3-small"]
+    assert len(log(endpoint="embeddings")) == 1
+    assert len(log(key=key.prefix, page="2")) == 7
+    assert log(key="sk-proxy-nothing") == []
+    # A page past the end or out of bounds is an empty page or the first, never an error.
+    assert client.get("/dashboard/?page=99").status_code == 200
+    assert len(_tables(client.get("/dashboard/?page=zero"))["recent-requests"]) == 50

@@ -55,7 +55,7 @@ from relay.metering import (
     size_request,
     too_deep,
 )
-from relay.objects import bad_limit, no_such_file, owns_file, page
+from relay.objects import bad_limit, created_time, no_such_file, owns_file, page
 from relay.protocol import chat_usage, loads, responses_usage
 from usage.models import RecordState, StoredObject, UsageRecord
 from usage.pricing import PriceBook, TokenUsage
@@ -576,12 +576,7 @@ async def _adopt_files(owner: Owned, file_ids: list[str]) -> None:
 
 
 def _adopt_file(owner: Owned, info: dict[str, Any]) -> None:
-    created = info.get("created_at")
-    when = (
-        dt.datetime.fromtimestamp(created, tz=dt.UTC)
-        if isinstance(created, int) and 0 < created < 2**33
-        else timezone.now()
-    )
+    when = created_time(info)
     try:
         with transaction.atomic():
             StoredObject.objects.create(

@@ -48,13 +48,16 @@ def owns_file(user_id: int, file_id: str) -> bool:
     ).exists()
 
 
-def _remember(ex: Exchange, data: dict[str, Any], purpose: str) -> None:
+def created_time(data: dict[str, Any]) -> dt.datetime:
+    """When OpenAI says an object was made (its `created_at`), else now."""
     created = data.get("created_at")
-    when = (
-        dt.datetime.fromtimestamp(created, tz=dt.UTC)
-        if isinstance(created, int) and 0 < created < 2**33
-        else timezone.now()
-    )
+    if isinstance(created, int) and 0 < created < 2**33:
+        return dt.datetime.fromtimestamp(created, tz=dt.UTC)
+    return timezone.now()
+
+
+def _remember(ex: Exchange, data: dict[str, Any], purpose: str) -> None:
+    when = created_time(data)
     try:
         StoredObject.objects.create(
             kind="file",

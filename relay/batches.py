@@ -476,13 +476,29 @@ async def _list(request: HttpRequest, ex: Exchange) -> HttpResponse:
     return JsonResponse(listed)
 
 
+def _owners(user_id: int, batch_ids: list[str]) -> dict[str, Owned]:
+    rows = StoredObject.objects.filter(
+        kind="batch", object_id__in=batch_ids, user_id=user_id
+    ).values_list("object_id", "api_key_id", "record_id")
+    return {
+        batch_id: Owned(batch_id, user_id, key_id, record_id)
+        for batch_id, key_id, record_id in rows
+    }
+
+
 async def _refreshed(key: KeyInfo, stored: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each batch as OpenAI answers it now (as last seen when OpenAI does not answer)."""
+    try:
+        owners = await in_db_thread(_owners, key.user_id, [str(b.get("id")) for b in stored])
+    except UNAVAILABLE:
+        return stored
     limit = asyncio.Semaphore(_AT_ONCE)
 
     async def one(batch: dict[str, Any]) -> dict[str, Any]:
+        owner = owners.get(str(batch.get("id")))
+        if owner is None:
+            return batch
         async with limit:
-            owner = Owned(str(batch.get("id")), key.user_id, key.id, None)
             seen = await _fetch(owner)
             return seen if seen is not None else batch
 
@@ -519,11 +535,6 @@ async def _fetch(owner: Owned) -> dict[str, Any] | None:
     """The batch as OpenAI answers it now, with what that says seen to (None: no answer)."""
     seen = await _ask_json(owner.user_id, "GET", f"batches/{owner.batch_id}")
     if seen is not None:
-        if owner.record_id is None:  # a list's row: the record is looked up when it matters
-            try:
-                owner = await _db(_owner, owner.user_id, owner.batch_id) or owner
-            except UNAVAILABLE:
-                return seen
         await _observe(owner, seen)
     return seen
 

@@ -92,6 +92,10 @@ def test_off_until_configured(client):
 def test_the_login_page_offers_it_and_passwords_still_work(client, idp):
     page = client.get("/accounts/login/?next=/dashboard/")
     assert b"Log in with Test IdP" in page.content
-    user = get_user_model().objects.create_user("pat", password="pat-password-1")
-    assert client.login(username="pat", password="pat-password-1")
-    assert user.is_authenticated
+    get_user_model().objects.create_user("pat", password="pat-password-1")
+    page = client.post(
+        "/accounts/login/?next=/dashboard/",
+        {"username": "pat", "password": "pat-password-1", "next": "/dashboard/"},
+        follow=True,
+    )
+    assert page.redirect_chain[-1][0] == "/dashboard/" and page.context["user"].username == "pat"

@@ -259,6 +259,8 @@ class UsageRecord(models.Model):
     reserved_tokens = models.BigIntegerField(default=0, db_default=0)
     key_ledger_id = models.BigIntegerField(null=True, blank=True)
     user_ledger_id = models.BigIntegerField(null=True, blank=True)
+    # The ledger row of the user's team, when the user was in one as the request was granted.
+    team_ledger_id = models.BigIntegerField(null=True, blank=True)
     process = models.CharField(
         max_length=40,
         blank=True,

@@ -48,10 +48,14 @@ _owners: dict[tuple[str, int], _Owner] = {}
 _checked: dict[tuple[str, int], tuple[str, Decimal | None]] = {}
 
 
-def _scope_of(spend: LedgerSpend) -> tuple[str, int]:
+def _scope_of(spend: LedgerSpend) -> tuple[str, int] | None:
+    """The key or user a ledger row's alerts are about; None for a team's row (team budgets
+    are not alerted on yet)."""
     if spend.api_key_id is not None:
         return AlertScope.KEY, spend.api_key_id
-    return AlertScope.USER, spend.user_id
+    if spend.user_id is not None:
+        return AlertScope.USER, spend.user_id
+    return None
 
 
 def _owners_of(wanted: set[tuple[str, int]]) -> dict[tuple[str, int], _Owner]:
@@ -86,7 +90,7 @@ def budget_alerts_record(*, spends: list[LedgerSpend], now: dt.datetime) -> int:
     Cheap on the hot path: nothing is read when no ledger's spend grew, an owner's budget is
     read once per PROXY_KEY_CACHE_SECONDS, and an insert happens only when a threshold was
     crossed (or, once per process and budget, when one is reached: see `_checked`)."""
-    grown = [s for s in spends if s.spent_after > s.spent_before]
+    grown = [s for s in spends if s.spent_after > s.spent_before and _scope_of(s) is not None]
     if not settings.ALERT_THRESHOLDS or not grown:
         return 0
     owners = _owners_of({_scope_of(s) for s in grown})

@@ -142,6 +142,43 @@ class UserLimit(Limits):
         return f"limits of {self.user}"
 
 
+class Team(Limits):
+    """A group of users with limits of its own, applied on top of each member's and each of
+    their keys' limits: the organisation (this proxy) gives budgets to teams, a team to its
+    members, a member to their keys. The tightest limit of the three wins."""
+
+    name = models.CharField(max_length=100, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class TeamMember(models.Model):
+    """A user's place in a team: a user belongs to at most one team, so every request is
+    billed to exactly one team ledger (or none)."""
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="members")
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="team_membership"
+    )
+    is_admin = models.BooleanField(
+        "team admin",
+        default=False,
+        help_text="Sees the whole team's usage and its members' dashboards.",
+    )
+    joined_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name = "team member"
+
+    def __str__(self) -> str:
+        return f"{self.user} in {self.team}"
+
+
 def key_hash(secret: str) -> str:
     # Keys carry 256 bits of randomness, so one fast unsalted hash is safe (as for GitHub
     # tokens) and lets the relay find a key with one indexed lookup.
@@ -189,7 +226,7 @@ class ApiKey(Limits):
 
 
 class QuotaLedger(models.Model):
-    """What one key or one user has spent and holds reserved in one period.
+    """What one key, one user or one team has spent and holds reserved in one period.
 
     A new period gets a new row, so periods reset from timestamps with no cron job; a budget
     moves only through the conditional UPDATEs in `keys.services`.
@@ -202,6 +239,7 @@ class QuotaLedger(models.Model):
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT
     )
+    team = models.ForeignKey(Team, null=True, blank=True, on_delete=models.PROTECT)
     period = models.CharField(max_length=8, choices=Period.choices)
     period_start = models.DateTimeField()
     spent_usd = MoneyField(default=Decimal(0))
@@ -222,14 +260,24 @@ class QuotaLedger(models.Model):
                 condition=models.Q(user__isnull=False),
                 name="ledger_one_row_per_user_period",
             ),
+            models.UniqueConstraint(
+                fields=["team", "period", "period_start"],
+                condition=models.Q(team__isnull=False),
+                name="ledger_one_row_per_team_period",
+            ),
+            # Exactly one owner: a key, a user or a team.
             models.CheckConstraint(
-                condition=models.Q(api_key__isnull=True) ^ models.Q(user__isnull=True),
-                name="ledger_key_xor_user",
+                condition=(
+                    models.Q(api_key__isnull=False, user__isnull=True, team__isnull=True)
+                    | models.Q(api_key__isnull=True, user__isnull=False, team__isnull=True)
+                    | models.Q(api_key__isnull=True, user__isnull=True, team__isnull=False)
+                ),
+                name="ledger_one_owner",
             ),
         ]
 
     def __str__(self) -> str:
-        owner = self.api_key or self.user
+        owner = self.api_key or self.user or f"team {self.team}"
         return f"{owner} {self.period} from {self.period_start:%Y-%m-%d}"
 
 

@@ -98,10 +98,13 @@ class RateTicket:
 
 def _scopes(key: KeyInfo) -> list[Scope]:
     scopes = []
-    for name, limits, label in (
+    named = [
         (f"k{key.id}", key.key_limits, "this key"),
         (f"u{key.user_id}", key.user_limits, "your account"),
-    ):
+    ]
+    if key.team_id is not None:
+        named.append((f"t{key.team_id}", key.team_limits, "your team"))
+    for name, limits, label in named:
         if limits.rpm or limits.tpm or limits.max_concurrent:
             scopes.append(Scope(name, limits, label))
     return scopes

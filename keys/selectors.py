@@ -15,6 +15,7 @@ from keys.models import (
     Limits,
     Period,
     QuotaLedger,
+    TeamMember,
     UserLimit,
     key_hash,
     model_matches,
@@ -112,21 +113,34 @@ class KeyInfo:
     log_bodies: bool | None
     key_limits: LimitSnapshot
     user_limits: LimitSnapshot
+    # The user's team, if any: its limits apply on top of the user's and the key's.
+    team_id: int | None = None
+    team_name: str = ""
+    team_limits: LimitSnapshot = LimitSnapshot()
 
     def model_allowed(self, model: str) -> bool:
-        return self.key_limits.model_allowed(model) and self.user_limits.model_allowed(model)
+        return all(limits.model_allowed(model) for limits in self.all_limits())
+
+    def all_limits(self) -> tuple[LimitSnapshot, ...]:
+        """The limits that apply to a request with this key: the key's, its user's and (for
+        a team member) the team's. Every one must admit it."""
+        if self.team_id is None:
+            return (self.key_limits, self.user_limits)
+        return (self.key_limits, self.user_limits, self.team_limits)
 
     @property
     def has_budget(self) -> bool:
-        return self.key_limits.budget_usd is not None or self.user_limits.budget_usd is not None
+        return any(limits.budget_usd is not None for limits in self.all_limits())
 
     @property
     def strict_budget(self) -> bool:
         """Whether a request this key's budgets cannot bound is refused (else it is reserved
-        at the documented defaults): the key's mode, else its user's, else the proxy's."""
+        at the documented defaults): the key's mode, else its user's, else its team's, else
+        the proxy's."""
         mode = (
             self.key_limits.budget_mode
             or self.user_limits.budget_mode
+            or self.team_limits.budget_mode
             or settings.PROXY_BUDGET_MODE
         )
         return self.has_budget and mode == "strict"
@@ -143,9 +157,21 @@ def key_info_for_secret(secret: str) -> KeyInfo | None:
     now = time.monotonic()
     if hit is not None and now - hit[0] < settings.PROXY_KEY_CACHE_SECONDS:
         return hit[1]
+    return _key_info_read(digest, key_hash=digest)
+
+
+def key_info_reread(key: KeyInfo) -> KeyInfo | None:
+    """`key` read again now (its user changed team since it was cached), or None if it is
+    no longer active; the cache holds the new reading."""
+    digest = ApiKey.objects.filter(pk=key.id).values_list("key_hash", flat=True).first()
+    return None if digest is None else _key_info_read(digest, key_hash=digest)
+
+
+def _key_info_read(digest: str, **lookup: object) -> KeyInfo | None:
+    now = time.monotonic()
     key = (
-        ApiKey.objects.select_related("user", "user__proxy_limit")
-        .filter(key_hash=digest, revoked_at__isnull=True, user__is_active=True)
+        ApiKey.objects.select_related("user", "user__proxy_limit", "user__team_membership__team")
+        .filter(revoked_at__isnull=True, user__is_active=True, **lookup)
         .first()
     )
     info = None
@@ -154,6 +180,10 @@ def key_info_for_secret(secret: str) -> KeyInfo | None:
             user_limit: UserLimit | None = key.user.proxy_limit
         except UserLimit.DoesNotExist:
             user_limit = None
+        try:
+            team = key.user.team_membership.team
+        except TeamMember.DoesNotExist:
+            team = None
         info = KeyInfo(
             id=key.pk,
             user_id=key.user_id,
@@ -164,6 +194,9 @@ def key_info_for_secret(secret: str) -> KeyInfo | None:
             log_bodies=key.log_bodies,
             key_limits=LimitSnapshot.of(key),
             user_limits=LimitSnapshot.of(user_limit),
+            team_id=team.pk if team is not None else None,
+            team_name=team.name if team is not None else "",
+            team_limits=LimitSnapshot.of(team),
         )
     if len(_cache) > 100_000:
         _cache.clear()
@@ -176,11 +209,16 @@ def key_info_forget(api_key: ApiKey) -> None:
 
 
 def ledger_for(
-    *, api_key_id: int | None = None, user_id: int | None = None, period: str, now: dt.datetime
+    *,
+    api_key_id: int | None = None,
+    user_id: int | None = None,
+    team_id: int | None = None,
+    period: str,
+    now: dt.datetime,
 ) -> QuotaLedger | None:
     start = period_start(period, now)
     return QuotaLedger.objects.filter(
-        api_key_id=api_key_id, user_id=user_id, period=period, period_start=start
+        api_key_id=api_key_id, user_id=user_id, team_id=team_id, period=period, period_start=start
     ).first()
 
 
@@ -216,10 +254,13 @@ def _ledger_report(
 def key_usage_report(*, key: KeyInfo, now: dt.datetime) -> dict[str, object]:
     """What GET /v1/proxy/me shows: the key, its and its user's limits, this period's spend."""
     usage: dict[str, object] = {}
-    for scope, limits, owner in (
+    scopes = [
         ("key", key.key_limits, {"api_key_id": key.id}),
         ("user", key.user_limits, {"user_id": key.user_id}),
-    ):
+    ]
+    if key.team_id is not None:
+        scopes.append(("team", key.team_limits, {"team_id": key.team_id}))
+    for scope, limits, owner in scopes:
         ledger = ledger_for(period=limits.period, now=now, **owner)
         usage[scope] = _ledger_report(
             limits, ledger, limits.period, period_start(limits.period, now)
@@ -233,6 +274,11 @@ def key_usage_report(*, key: KeyInfo, now: dt.datetime) -> dict[str, object]:
             "username": key.username,
             "expires_at": key.expires_at.isoformat() if key.expires_at else None,
         },
-        "limits": {"key": key.key_limits.as_dict(), "user": key.user_limits.as_dict()},
+        "team": {"id": key.team_id, "name": key.team_name} if key.team_id is not None else None,
+        "limits": {
+            "key": key.key_limits.as_dict(),
+            "user": key.user_limits.as_dict(),
+            **({"team": key.team_limits.as_dict()} if key.team_id is not None else {}),
+        },
         "usage": usage,
     }

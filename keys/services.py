@@ -29,6 +29,8 @@ from keys.models import (
     Period,
     QuotaLedger,
     RelayProcess,
+    Team,
+    TeamMember,
     UserLimit,
     key_hash,
     period_start,
@@ -61,6 +63,11 @@ class QuotaExceeded(Exception):
 
 class KeyInactive(Exception):
     """The key was revoked (or its user deactivated) after this process cached it."""
+
+
+class TeamChanged(Exception):
+    """The key's user left (or changed) team after this process cached the key: its next
+    request, read afresh, is billed to the team it is in now."""
 
 
 def key_issue(
@@ -119,6 +126,53 @@ def user_limit_set(*, user, **changes: object) -> UserLimit:  # noqa: ANN001 (an
     return limit
 
 
+def _forget_keys_of(user_ids: list[int]) -> None:
+    for api_key in ApiKey.objects.filter(user_id__in=user_ids).only("key_hash"):
+        key_info_forget(api_key)
+
+
+def team_create(*, name: str, **limits: object) -> Team:
+    unknown = set(limits) - set(LIMIT_FIELDS)
+    if unknown:
+        raise TypeError(f"unknown limits: {sorted(unknown)}")
+    team = Team(name=name, **{k: v for k, v in limits.items() if v is not None})
+    team.full_clean()
+    team.save()
+    return team
+
+
+def team_update_limits(*, team: Team, **changes: object) -> Team:
+    """Change a team's name or limits. This process reads them at once; others within
+    PROXY_KEY_CACHE_SECONDS, as for a key's or a user's limits."""
+    for field, value in changes.items():
+        if field not in (*LIMIT_FIELDS, "name"):
+            raise TypeError(f"not an editable field: {field}")
+        setattr(team, field, value)
+    team.full_clean()
+    team.save()
+    _forget_keys_of(list(team.members.values_list("user_id", flat=True)))
+    return team
+
+
+def team_member_set(*, team: Team, user, is_admin: bool = False) -> TeamMember:  # noqa: ANN001
+    """Put `user` in `team` (moving them out of any other: a user is in one team at most).
+    Their next request is billed to it on this process at once, on others within
+    PROXY_KEY_CACHE_SECONDS; a move *out* of a team is checked by every reservation."""
+    member, _ = TeamMember.objects.update_or_create(
+        user=user, defaults={"team": team, "is_admin": is_admin}
+    )
+    _forget_keys_of([user.pk])
+    return member
+
+
+def team_member_remove(*, user) -> bool:  # noqa: ANN001 (any user model)
+    """Take `user` out of their team. Every process stops billing the team for them at once:
+    the reservation checks membership in the statement that reserves."""
+    deleted, _ = TeamMember.objects.filter(user=user).delete()
+    _forget_keys_of([user.pk])
+    return bool(deleted)
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class LedgerState:
     period: str
@@ -138,11 +192,21 @@ class Reservation:
     tokens: int
     key_state: LedgerState
     user_state: LedgerState
+    team_ledger_id: int | None = None
+    team_state: LedgerState | None = None
+
+    def states(self, key: KeyInfo) -> list[tuple[LimitSnapshot, LedgerState]]:
+        """Each scope's limits beside its ledger row as this reservation left it."""
+        pairs = [(key.key_limits, self.key_state), (key.user_limits, self.user_state)]
+        if self.team_state is not None:
+            pairs.append((key.team_limits, self.team_state))
+        return pairs
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class LedgerMove:
-    """What settling (or healing) one record does to its key's and its user's ledger rows."""
+    """What settling (or healing) one record does to its key's, its user's and (for a team
+    member's request) its team's ledger rows."""
 
     key_ledger_id: int
     user_ledger_id: int
@@ -150,6 +214,7 @@ class LedgerMove:
     release_tokens: int
     spend_usd: Decimal
     spend_tokens: int
+    team_ledger_id: int | None = None
 
 
 # Ledger ids by (scope, owner, period, start): a period's row is looked up once per process.
@@ -166,8 +231,11 @@ def _money(value: object) -> Decimal:
     return from_units(value)
 
 
+_OWNER_COLUMNS = {"key": "api_key_id", "user": "user_id", "team": "team_id"}
+
+
 def _owner(scope: str, owner_id: int) -> dict[str, int]:
-    return {"api_key_id": owner_id} if scope == "key" else {"user_id": owner_id}
+    return {_OWNER_COLUMNS[scope]: owner_id}
 
 
 def _ledger_id(scope: str, owner_id: int, period: str, start: dt.datetime) -> int:
@@ -201,9 +269,11 @@ def _forget_ledger(scope: str, owner_id: int, period: str, start: dt.datetime) -
     _ledger_ids.pop((scope, owner_id, period, start), None)
 
 
-def _ledger_update_sql(scope: str, limits: LimitSnapshot, key_id: int | None) -> str:
+def _ledger_update_sql(
+    scope: str, limits: LimitSnapshot, key_id: int | None, member_id: int | None = None
+) -> str:
     table = QuotaLedger._meta.db_table
-    owner_column = "api_key_id" if scope == "key" else "user_id"
+    owner_column = _OWNER_COLUMNS[scope]
     sql = [
         # Table names come from the models' _meta, never from input; values are parameters.
         f"UPDATE {table} SET reserved_usd = reserved_usd + %(cost)s,"  # noqa: S608
@@ -228,6 +298,14 @@ def _ledger_update_sql(scope: str, limits: LimitSnapshot, key_id: int | None) ->
             f"AND EXISTS (SELECT 1 FROM {key_table} k JOIN {user_table} u ON u.id = k.user_id"  # noqa: S608
             " WHERE k.id = %(owner)s AND k.revoked_at IS NULL AND u.is_active)"
         )
+    if member_id is not None:
+        # Membership is checked the same way: a user moved out of a team stops spending the
+        # team's budget on every process at once, whatever they cached.
+        member_table = TeamMember._meta.db_table
+        sql.append(
+            f"AND EXISTS (SELECT 1 FROM {member_table} m"  # noqa: S608
+            " WHERE m.team_id = %(owner)s AND m.user_id = %(member)s)"
+        )
     sql.append("RETURNING spent_usd, reserved_usd, tokens, reserved_tokens, requests")
     return " ".join(sql)
 
@@ -241,6 +319,7 @@ def _reserve_one(
     tokens: int,
     now: dt.datetime,
     check_key: bool = False,
+    member_id: int | None = None,
 ) -> tuple[int, LedgerState] | None:
     """One conditional UPDATE: the reservation is granted only if it fits beside what is
     already spent and reserved. This is what stops N concurrent requests, on any number of
@@ -262,10 +341,12 @@ def _reserve_one(
             else money_param(limits.budget_usd, connection),
             "token_limit": limits.token_limit,
             "request_limit": limits.request_limit,
+            "member": member_id,
         }
         with connection.cursor() as cursor:
             cursor.execute(
-                _ledger_update_sql(scope, limits, owner_id if check_key else None), params
+                _ledger_update_sql(scope, limits, owner_id if check_key else None, member_id),
+                params,
             )
             row = cursor.fetchone()
         if row is not None:
@@ -289,7 +370,7 @@ def _refusal(
     ledger = QuotaLedger.objects.filter(
         period=limits.period, period_start=start, **_owner(scope, owner_id)
     ).first()
-    whose = "this key" if scope == "key" else "your account"
+    whose = {"key": "this key", "user": "your account", "team": "your team"}[scope]
     span = "" if limits.period == Period.TOTAL else f" this {limits.period}"
     if (
         ledger is not None
@@ -372,6 +453,11 @@ def _reserve(
     user_start = period_start(key.user_limits.period, now)
     record.key_ledger_id = _ledger_id("key", key.id, key.key_limits.period, key_start)
     record.user_ledger_id = _ledger_id("user", key.user_id, key.user_limits.period, user_start)
+    if key.team_id is not None:
+        team_start = period_start(key.team_limits.period, now)
+        record.team_ledger_id = _ledger_id("team", key.team_id, key.team_limits.period, team_start)
+    else:
+        record.team_ledger_id = None
     # Not inside a caller's transaction: a refused call aborts the statement, which would
     # abort that transaction too.
     if connection.vendor == "postgresql" and not connection.in_atomic_block:
@@ -408,6 +494,25 @@ def _reserve(
             refusal = _refusal("user", key.user_limits, key.user_id, now, cost, tokens)
             transaction.set_rollback(True)
             raise refusal
+        granted_team = None
+        if key.team_id is not None:
+            granted_team = _reserve_one(
+                scope="team",
+                owner_id=key.team_id,
+                limits=key.team_limits,
+                cost=cost,
+                tokens=tokens,
+                now=now,
+                member_id=key.user_id,
+            )
+            if granted_team is None:
+                if not TeamMember.objects.filter(team_id=key.team_id, user_id=key.user_id).exists():
+                    transaction.set_rollback(True)
+                    raise TeamChanged()
+                refusal = _refusal("team", key.team_limits, key.team_id, now, cost, tokens)
+                transaction.set_rollback(True)
+                raise refusal
+            record.team_ledger_id, team_state = granted_team
         record.key_ledger_id, key_state = granted_key
         record.user_ledger_id, user_state = granted_user
         _insert(record)
@@ -418,6 +523,8 @@ def _reserve(
         tokens=tokens,
         key_state=key_state,
         user_state=user_state,
+        team_ledger_id=record.team_ledger_id,
+        team_state=team_state if granted_team is not None else None,
     )
 
 
@@ -451,8 +558,8 @@ def _reserve_and_insert_sql(model: type[models.Model]) -> tuple[str, Columns]:
     fields = [f for f in model._meta.concrete_fields if not f.primary_key]
     columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
     sql = (
-        "WITH q AS (SELECT * FROM oaiproxy_quota_reserve("  # noqa: S608 (names from _meta)
-        "%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)),"
+        "WITH q AS (SELECT * FROM oaiproxy_quota_reserve_teams("  # noqa: S608 (names from _meta)
+        "%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)),"
         f" r AS (INSERT INTO {model._meta.db_table} ({columns})"
         f" SELECT {', '.join(['%s'] * len(fields))} FROM q RETURNING id)"
         " SELECT q.*, r.id FROM q CROSS JOIN r"
@@ -463,25 +570,31 @@ def _reserve_and_insert_sql(model: type[models.Model]) -> tuple[str, Columns]:
 def _reserve_in_one_call(
     *, key: KeyInfo, cost: Decimal, tokens: int, now: dt.datetime, record: models.Model
 ) -> Reservation | None:
-    """PostgreSQL: both conditional UPDATEs (the function of migration 0005) and the pending
-    record's INSERT in one statement, one round trip. None when it did not reserve (refused,
-    revoked, a row gone): the caller's transaction then tries again and says why."""
+    """PostgreSQL: the conditional UPDATEs of the key's, the user's and the team's rows (the
+    function of migration keys/0009) and the pending record's INSERT in one statement, one
+    round trip. None when it did not reserve (refused, revoked, a row gone, no longer in the
+    team): the caller's transaction then tries again and says why."""
     connection = connections[DEFAULT_DB_ALIAS]  # not django.db.connection: one lookup
-    k, u = key.key_limits, key.user_limits
+    k, u, t = key.key_limits, key.user_limits, key.team_limits
+    team = key.team_id is not None
     sql, fields = _reserve_and_insert_sql(type(record))
     values = db_values(record, fields, connection)
     params = [
         record.key_ledger_id, record.user_ledger_id, key.id, key.user_id,
         period_start(k.period, now), period_start(u.period, now), cost, tokens,
         k.budget_usd, k.token_limit, k.request_limit, u.budget_usd, u.token_limit,
-        u.request_limit, *values,
+        u.request_limit,
+        record.team_ledger_id, key.team_id, period_start(t.period, now) if team else None,
+        t.budget_usd if team else None, t.token_limit if team else None,
+        t.request_limit if team else None,
+        *values,
     ]  # fmt: skip
     try:
         with connection.cursor() as cursor:
             cursor.execute(sql, params)
             row = cursor.fetchone()
     except DatabaseError as exc:
-        if "oaiproxy: user quota" in str(exc):
+        if "oaiproxy: user quota" in str(exc) or "oaiproxy: team quota" in str(exc):
             return None
         raise
     if row is None:
@@ -492,7 +605,7 @@ def _reserve_in_one_call(
         return LedgerState(limits.period, period_start(limits.period, now), spent, reserved,
                            used_tokens, reserved_tokens, requests)  # fmt: skip
 
-    record.pk = row[10]
+    record.pk = row[15]
     record._state.adding = False
     return Reservation(
         key_ledger_id=record.key_ledger_id,
@@ -501,6 +614,8 @@ def _reserve_in_one_call(
         tokens=tokens,
         key_state=state(k, row[:5]),
         user_state=state(u, row[5:10]),
+        team_ledger_id=record.team_ledger_id,
+        team_state=state(t, row[10:15]) if team else None,
     )
 
 
@@ -514,6 +629,7 @@ class LedgerSpend:
     period: str
     spent_before: Decimal
     spent_after: Decimal
+    team_id: int | None = None
 
 
 def quota_settle(*, moves: list[LedgerMove]) -> list[LedgerSpend]:
@@ -521,23 +637,31 @@ def quota_settle(*, moves: list[LedgerMove]) -> list[LedgerSpend]:
     records, so ledger spend and the sum of record costs can never drift apart. Returns each
     moved row's spend before and after (for budget alerts, alerts.services).
 
-    Rows are locked key ledgers first, then user ledgers, each in id order: a reservation
-    locks its key row then its user row, so neither it nor another writer can ever hold a row
-    this one waits for while waiting for one this one holds (no deadlock).
+    Rows are locked key ledgers first, then user ledgers, then team ledgers, each in id order:
+    a reservation locks its key row, its user row, then its team row, so neither it nor
+    another writer can ever hold a row this one waits for while waiting for one this one holds
+    (no deadlock).
     """
     connection = connections[DEFAULT_DB_ALIAS]  # not django.db.connection: one lookup
     # ledger id -> [released cost, released tokens, spent cost, spent tokens]
     sums: dict[int, list] = {}
     key_rows: set[int] = set()
+    team_rows: set[int] = set()
     for move in moves:
         key_rows.add(move.key_ledger_id)
-        for ledger_id in (move.key_ledger_id, move.user_ledger_id):
+        rows = [move.key_ledger_id, move.user_ledger_id]
+        if move.team_ledger_id is not None:
+            team_rows.add(move.team_ledger_id)
+            rows.append(move.team_ledger_id)
+        for ledger_id in rows:
             total = sums.setdefault(ledger_id, [Decimal(0), 0, Decimal(0), 0])
             total[0] += move.release_usd
             total[1] += move.release_tokens
             total[2] += move.spend_usd
             total[3] += move.spend_tokens
-    order = sorted(key_rows) + sorted(set(sums) - key_rows)
+    order = (
+        sorted(key_rows) + sorted(set(sums) - key_rows - team_rows) + sorted(team_rows - key_rows)
+    )
     table = QuotaLedger._meta.db_table
     spends: list[LedgerSpend] = []
     with connection.cursor() as cursor:
@@ -549,7 +673,7 @@ def quota_settle(*, moves: list[LedgerMove]) -> list[LedgerSpend]:
                 f"UPDATE {table} SET reserved_usd = reserved_usd - %s,"  # noqa: S608
                 " spent_usd = spent_usd + %s,"
                 " reserved_tokens = reserved_tokens - %s, tokens = tokens + %s WHERE id = %s"
-                " RETURNING spent_usd, reserved_usd, api_key_id, user_id, period",
+                " RETURNING spent_usd, reserved_usd, api_key_id, user_id, period, team_id",
                 [
                     money_param(released, connection),
                     money_param(spent, connection),
@@ -562,7 +686,9 @@ def quota_settle(*, moves: list[LedgerMove]) -> list[LedgerSpend]:
             if row is not None:
                 # SQLite: a sum that overflowed came back a REAL; refuse the whole write.
                 after, _ = _money(row[0]), _money(row[1])
-                spends.append(LedgerSpend(ledger_id, row[2], row[3], row[4], after - spent, after))
+                spends.append(
+                    LedgerSpend(ledger_id, row[2], row[3], row[4], after - spent, after, row[5])
+                )
     return spends
 
 

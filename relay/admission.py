@@ -20,10 +20,12 @@ from django.http import HttpResponse
 
 from keys.fields import MoneyOverflow
 from keys.ratelimit import RateLimited, rate_acquire
+from keys.selectors import key_info_reread
 from keys.services import (
     KeyInactive,
     QuotaExceeded,
     Reservation,
+    TeamChanged,
     quota_reserve,
     quota_reserve_many,
 )
@@ -139,6 +141,19 @@ async def grant(
             # write. Wait for this process's pending writes, or briefly for another's.
             if not await recording.flushed(timeout=0.5):
                 await asyncio.sleep(0.02 * 2**attempt)
+        except TeamChanged:
+            # The user left or changed team since this process cached the key: bill the team
+            # they are in now (or none), read afresh.
+            key = await in_db_thread(key_info_reread, ex.key)
+            if key is None:
+                return refuse(
+                    ex,
+                    errors.invalid_api_key(
+                        "Incorrect API key provided: this proxy key was revoked."
+                    ),
+                    "invalid_api_key",
+                )
+            ex.key = key
         except KeyInactive:
             return refuse(
                 ex,

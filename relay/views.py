@@ -81,14 +81,11 @@ _OWNER_WRITE_GRACE = 0.3
 
 
 def _quota_headers(reservation: Reservation | None, key: KeyInfo) -> dict[str, str]:
-    """Remaining budget, requests and tokens of the tighter of key and user, after this
+    """Remaining budget, requests and tokens of the tightest of key, user and team, after this
     request's reservation."""
     if reservation is None:
         return {}
-    lefts = [
-        key.key_limits.remaining(reservation.key_state),
-        key.user_limits.remaining(reservation.user_state),
-    ]
+    lefts = [limits.remaining(state) for limits, state in reservation.states(key)]
     budget = [left.usd for left in lefts if left.usd is not None]
     requests = [left.requests for left in lefts if left.requests is not None]
     tokens = [left.tokens for left in lefts if left.tokens is not None]
@@ -665,7 +662,7 @@ def _allowed_models_only(ex: Exchange, data: bytes) -> bytes:
     payload = loads(data)
     if not (isinstance(payload, dict) and isinstance(payload.get("data"), list)):
         return data
-    if not (ex.key.key_limits.models or ex.key.user_limits.models):
+    if not any(limits.models for limits in ex.key.all_limits()):
         return data
     payload["data"] = [
         m for m in payload["data"] if isinstance(m, dict) and ex.key.model_allowed(str(m.get("id")))

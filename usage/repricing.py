@@ -169,8 +169,13 @@ def _reprice_batch(
         if delta:
             key_ledger, user_ledger = _ledger_ids(record, ledger_rows)
             if key_ledger is not None and user_ledger is not None:
-                moves.append(LedgerMove(key_ledger, user_ledger, ZERO, 0, delta, 0))
+                # The team's row as the record kept it: a record from before teams (or of a
+                # user in none) moved no team's budget, so repricing moves none either.
+                team_ledger = record.team_ledger_id
+                moves.append(LedgerMove(key_ledger, user_ledger, ZERO, 0, delta, 0, team_ledger))
                 result.ledgers.update((key_ledger, user_ledger))
+                if team_ledger is not None:
+                    result.ledgers.add(team_ledger)
         if dry_run:
             continue
         rollups.append((copy.copy(record), -1))

@@ -35,7 +35,9 @@ log = logging.getLogger(__name__)
 # The `process` of a batch's pending record once the batch exists upstream: its reservation is
 # held until the batch ends (relay.batches settles it), whichever relay processes live or die.
 HELD_BY_BATCH = "batch"
-_RESERVATION_FIELDS = {"id", "reserved_usd", "reserved_tokens", "key_ledger_id", "user_ledger_id"}
+_RESERVATION_FIELDS = {
+    "id", "reserved_usd", "reserved_tokens", "key_ledger_id", "user_ledger_id", "team_ledger_id",
+}  # fmt: skip
 FINAL_FIELDS = [
     f.name
     for f in UsageRecord._meta.concrete_fields
@@ -145,7 +147,8 @@ def _rollups_upsert(adds: list[tuple[tuple, dict[str, int | Decimal]]]) -> None:
 
 
 _ROW_FIELDS = ("id", "state", "process", "key_ledger_id", "user_ledger_id", "reserved_usd",
-               "reserved_tokens", "cost_usd", "prompt_tokens", "completion_tokens")  # fmt: skip
+               "reserved_tokens", "cost_usd", "prompt_tokens", "completion_tokens",
+               "team_ledger_id")  # fmt: skip
 
 
 @dataclasses.dataclass(slots=True)
@@ -163,6 +166,7 @@ class _Row:
     cost_usd: Decimal | None
     prompt_tokens: int
     completion_tokens: int
+    team_ledger_id: int | None
 
 
 @functools.cache
@@ -279,7 +283,14 @@ def _records_write(records: list[UsageRecord]) -> int:
     # (or skips) that row instead of making a second one.
     uids = {r.uid: r for r in new if r.uid is not None}
     if uids:
-        for pk, uid in UsageRecord.objects.filter(uid__in=uids).values_list("pk", "uid"):
+        # Bounded by created_at too (a record's is the same on its pending row): on PostgreSQL
+        # uid is unique with created_at, the month partitions' key, and only the records'
+        # months are searched.
+        moments = [r.created_at for r in uids.values()]
+        found = UsageRecord.objects.filter(
+            uid__in=uids, created_at__gte=min(moments), created_at__lte=max(moments)
+        )
+        for pk, uid in found.values_list("pk", "uid"):
             uids[uid].pk = pk
             uids[uid]._state.adding = False
         new = [r for r in new if r.pk is None]
@@ -300,7 +311,7 @@ def _records_write(records: list[UsageRecord]) -> int:
                 moves.append(
                     LedgerMove(
                         row.key_ledger_id, row.user_ledger_id, row.reserved_usd,
-                        row.reserved_tokens, spend, _tokens(record),
+                        row.reserved_tokens, spend, _tokens(record), row.team_ledger_id,
                     )
                 )  # fmt: skip
             else:  # reaped: replace the reaper's estimate by what really happened
@@ -308,6 +319,7 @@ def _records_write(records: list[UsageRecord]) -> int:
                     LedgerMove(
                         row.key_ledger_id, row.user_ledger_id, Decimal(0), 0,
                         spend - (row.cost_usd or Decimal(0)), _tokens(record) - _tokens(row),
+                        row.team_ledger_id,
                     )
                 )  # fmt: skip
                 rollups.append((row, -1))
@@ -360,7 +372,7 @@ def _end_at_estimate(row: UsageRecord) -> LedgerMove:
     """A pending row ended without its real usage: its estimate spent, the rest released."""
     return LedgerMove(
         row.key_ledger_id, row.user_ledger_id, row.reserved_usd, row.reserved_tokens,
-        row.cost_usd or Decimal(0), _tokens(row),
+        row.cost_usd or Decimal(0), _tokens(row), row.team_ledger_id,
     )  # fmt: skip
 
 

@@ -281,10 +281,7 @@ def _budget_spent(ex: Exchange) -> bool:
     reservation = ex.reservation
     if reservation is None:
         return False
-    for limits, state in (
-        (ex.key.key_limits, reservation.key_state),
-        (ex.key.user_limits, reservation.user_state),
-    ):
+    for limits, state in reservation.states(ex.key):
         left = limits.remaining(state).usd
         if left is not None and left <= 0:
             return True

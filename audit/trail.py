@@ -28,6 +28,8 @@ _command: ContextVar[str | None] = ContextVar("audit_command", default=None)
 AUDITED: dict[str, list[str]] = {
     "keys.ApiKey": ["key_hash", "created_at"],
     "keys.UserLimit": [],
+    "keys.Team": [],
+    "keys.TeamMember": [],
     "auth.User": ["password", "last_login"],
     "usage.ModelPrice": [],
     "usage.ModelAlias": [],

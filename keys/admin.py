@@ -1,4 +1,4 @@
-"""Admin for keys, user limits and the quota ledger. Every write goes through keys.services.
+"""Admin for keys, user limits and the quota ledger (teams: keys.admin_teams). Every write goes through keys.services.
 
 As in DRF's authtoken admin, no form ever has a field for the key itself: adding a key issues
 one with `key_issue` and shows the secret once, in the message after saving.
@@ -349,8 +349,12 @@ if admin.site.is_registered(User):
 
 @admin.register(User)
 class ProxyUserAdmin(KeepsBillingHistory, UserAdmin):
-    inlines = (UserLimitInline, ApiKeyInline)
     actions = ("invite",)
+
+    def get_inlines(self, request: HttpRequest, obj: Any = None) -> tuple:
+        from keys.admin_teams import UserTeamInline
+
+        return (UserLimitInline, UserTeamInline, ApiKeyInline)
 
     @admin.action(
         description="Invite: a one-time link to set a password (emailed if they have an address)"
@@ -422,8 +426,8 @@ class QuotaLedgerAdmin(admin.ModelAdmin):
         "requests",
     )
     list_filter = ("period", "period_start")
-    search_fields = ("api_key__prefix", "api_key__user__username", "user__username")
-    list_select_related = ("api_key", "api_key__user", "user")
+    search_fields = ("api_key__prefix", "api_key__user__username", "user__username", "team__name")
+    list_select_related = ("api_key", "api_key__user", "user", "team")
     date_hierarchy = "period_start"
     spent = money_column("spent_usd", "spent (USD)")
     reserved = money_column("reserved_usd", "reserved (USD)")
@@ -434,9 +438,11 @@ class QuotaLedgerAdmin(admin.ModelAdmin):
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
         return read_only_fields(QuotaLedger, {"spent_usd": "spent", "reserved_usd": "reserved"})
 
-    @admin.display(description="key or user")
+    @admin.display(description="key, user or team")
     def owner(self, obj: QuotaLedger) -> str:
-        return str(obj.api_key) if obj.api_key_id else f"user {obj.user}"
+        if obj.api_key_id:
+            return str(obj.api_key)
+        return f"user {obj.user}" if obj.user_id else f"team {obj.team}"
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -446,3 +452,6 @@ class QuotaLedgerAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+from keys import admin_teams  # noqa: E402, F401 (registers the teams' admin)

@@ -270,3 +270,59 @@ def test_proxy_me_shows_the_team_and_its_limits_and_a_team_rpm_refuses(e2e):
     assert "your team: 2 requests per minute" in limited.value.message
     # The refused model and the rate-limited call are recorded too (/proxy/me is not a call).
     records_for(secret, 4)
+
+
+# --- The admin --------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_operator_makes_a_team_adds_members_and_sees_its_spend_in_the_admin(admin_client):
+    from auditlog.models import LogEntry
+
+    ann_key, _ = key_issue(username="ann")
+    bob_key, _ = key_issue(username="bob")
+    form = {
+        "name": "research",
+        "budget_usd": "2.5",
+        "period": "month",
+        "budget_mode": "",
+        "allowed_models": "",
+        "members-TOTAL_FORMS": "2",
+        "members-INITIAL_FORMS": "0",
+        "members-MIN_NUM_FORMS": "0",
+        "members-MAX_NUM_FORMS": "1000",
+        "members-0-user": str(ann_key.user_id),
+        "members-0-is_admin": "on",
+        "members-1-user": str(bob_key.user_id),
+    }
+    response = admin_client.post("/admin/keys/team/add/", form)
+    assert response.status_code == 302, response.content.decode()[:2000]
+    team = Team.objects.get(name="research")
+    assert team.budget_usd == Decimal("2.5")
+    assert {(m.user.username, m.is_admin) for m in team.members.all()} == {
+        ("ann", True),
+        ("bob", False),
+    }
+
+    key = key_info_for_secret_of(ann_key)
+    record = request_record(key)
+    quota_reserve(key=key, cost=Decimal("0.75"), tokens=10, now=record.created_at, record=record)
+    finish(record, "0.5")
+
+    page = admin_client.get("/admin/keys/team/").content.decode()
+    assert 'field-spent">0.50<' in page
+    assert 'field-remaining">2.00<' in page
+    assert 'field-members">2<' in page
+    change = admin_client.get(f"/admin/keys/team/{team.pk}/change/").content.decode()
+    assert "ann" in change and "bob" in change
+    # A team with billing history cannot be deleted (its ledger pins it); the page says why.
+    delete = admin_client.get(f"/admin/keys/team/{team.pk}/delete/").content.decode()
+    assert "quota ledgers: 1" in delete
+    # Who changed it is on the audit trail.
+    assert LogEntry.objects.get_for_object(team).exists()
+
+
+def key_info_for_secret_of(api_key):
+    from keys.selectors import _key_info_read
+
+    return _key_info_read(api_key.key_hash, key_hash=api_key.key_hash)

@@ -154,6 +154,19 @@ async def grant(
                     "invalid_api_key",
                 )
             ex.key = key
+            if attempt == _SETTLE_RETRIES:  # the team changed again and again meanwhile
+                message = "Your team changed while this request was being granted; try again."
+                return refuse(
+                    ex,
+                    errors.openai_error(
+                        503,
+                        message,
+                        type="server_error",
+                        code="team_changed",
+                        headers={"retry-after": "1"},
+                    ),
+                    "team_changed",
+                )
         except KeyInactive:
             return refuse(
                 ex,

@@ -13,8 +13,9 @@ import json
 ERROR_MEANINGS = {
     "invalid_api_key": "The key is missing, unknown, revoked or expired.",
     "model_not_allowed": "The model is not allowed for this key.",
-    "insufficient_quota": "The budget, token or request quota of the key or user is spent "
-    "for this period.",
+    "insufficient_quota": "The budget, token or request quota of the key, the user or the "
+    "team is spent for this period.",
+    "team_changed": "The user's team changed again and again while the request was granted.",
     "rate_limit_exceeded": "Over the key's requests or tokens per minute, or its concurrent "
     "requests.",
     "invalid_type": "The body is not JSON or a field has the wrong type.",

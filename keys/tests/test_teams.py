@@ -318,11 +318,63 @@ def test_an_operator_makes_a_team_adds_members_and_sees_its_spend_in_the_admin(a
     # A team with billing history cannot be deleted (its ledger pins it); the page says why.
     delete = admin_client.get(f"/admin/keys/team/{team.pk}/delete/").content.decode()
     assert "quota ledgers: 1" in delete
-    # Who changed it is on the audit trail.
-    assert LogEntry.objects.get_for_object(team).exists()
+    # Who changed it is on the audit trail: the team and each membership.
+    assert LogEntry.objects.get_for_object(team).get().actor.username == "admin"
+    for member in team.members.all():
+        assert LogEntry.objects.get_for_object(member).exists()
 
 
 def key_info_for_secret_of(api_key):
     from keys.selectors import _key_info_read
 
     return _key_info_read(api_key.key_hash, key_hash=api_key.key_hash)
+
+
+def test_a_member_moved_out_while_the_proxy_holds_their_key_is_billed_alone(e2e):
+    team = team_create(name="mobile", budget_usd=Decimal(1))
+    secret = _members(e2e, team, 1)[0]
+    client = e2e.client(secret)
+    client.chat.completions.create(model="gpt-4o-mini", messages=HELLO, max_tokens=5)
+    records_for(secret, 1)
+    spent = team_row(team).spent_usd
+    assert spent > 0
+
+    # The proxy process has the key cached with its team (PROXY_KEY_CACHE_SECONDS).
+    team_member_remove(user=get_user_model().objects.get(username="member0"))
+    client.chat.completions.create(model="gpt-4o-mini", messages=HELLO, max_tokens=5)
+
+    first, second = records_for(secret, 2)
+    assert first.team_ledger_id == team_row(team).pk and second.team_ledger_id is None
+    row = team_row(team)
+    assert (row.spent_usd, row.requests, row.reserved_usd) == (spent, 1, 0)
+    assert QuotaLedger.objects.get(user__username="member0").spent_usd == (
+        first.cost_usd + second.cost_usd
+    )
+
+
+def test_reprice_moves_the_team_ledger_with_the_key_and_the_user(e2e):
+    import io
+
+    from django.core.management import call_command
+
+    from usage.models import ModelPrice
+
+    row = ModelPrice.objects.filter(model="gpt-4o-mini-2024-07-18").latest("effective_from")
+    right = row.input_per_1m
+    ModelPrice.objects.filter(pk=row.pk).update(input_per_1m=right * 10)
+    team = team_create(name="billing", budget_usd=Decimal(1))
+    secret = _members(e2e, team, 1)[0]
+    e2e.client(secret).chat.completions.create(model="gpt-4o-mini", messages=HELLO, max_tokens=5)
+    [billed] = records_for(secret, 1)
+    assert team_row(team).spent_usd == billed.cost_usd
+
+    ModelPrice.objects.filter(pk=row.pk).update(input_per_1m=right)
+    out = io.StringIO()
+    since = (billed.created_at - dt.timedelta(minutes=1)).isoformat()
+    call_command("reprice", "--from", since, stdout=out)
+
+    [fixed] = records_for(secret, 1)
+    assert fixed.cost_usd < billed.cost_usd
+    assert team_row(team).spent_usd == fixed.cost_usd
+    assert QuotaLedger.objects.get(user__username="member0").spent_usd == fixed.cost_usd
+    assert "3 budget ledgers adjusted" in out.getvalue()

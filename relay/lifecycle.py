@@ -68,6 +68,9 @@ def spawn(coro: Coroutine[Any, Any, Any]) -> asyncio.Task:
 
 def _beat() -> None:
     from keys.services import relay_process_beat
+    from usage.partitions import partitions_keep_ahead
+
+    partitions_keep_ahead()  # at start, then hourly: next months' partitions of the usage table
 
     relay_process_beat(
         token=TOKEN, hostname=socket.gethostname(), pid=os.getpid(), started_at=_STARTED_AT

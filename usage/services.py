@@ -283,12 +283,14 @@ def _records_write(records: list[UsageRecord]) -> int:
     # (or skips) that row instead of making a second one.
     uids = {r.uid: r for r in new if r.uid is not None}
     if uids:
-        # Bounded by created_at too (a record's is the same on its pending row): on PostgreSQL
-        # uid is unique with created_at, the month partitions' key, and only the records'
-        # months are searched.
+        # Bounded by created_at, so PostgreSQL searches only the month partitions around it
+        # (there uid is unique together with created_at, the partition key). The relay gives a
+        # record its pending row's created_at; a day either side spares any other caller.
         moments = [r.created_at for r in uids.values()]
         found = UsageRecord.objects.filter(
-            uid__in=uids, created_at__gte=min(moments), created_at__lte=max(moments)
+            uid__in=uids,
+            created_at__gte=min(moments) - dt.timedelta(days=1),
+            created_at__lte=max(moments) + dt.timedelta(days=1),
         )
         for pk, uid in found.values_list("pk", "uid"):
             uids[uid].pk = pk

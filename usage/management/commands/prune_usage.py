@@ -6,12 +6,13 @@ import datetime as dt
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import transaction
+from django.db import OperationalError, transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from proxyserver.commands import OneLineErrors
 from usage.models import UsageRecord
+from usage.partitions import partition_drop, partition_pending, partitions_list
 
 BATCH_SIZE = 5_000
 
@@ -47,7 +48,9 @@ class Command(OneLineErrors, BaseCommand):
         "USAGE_BODY_RETENTION_DAYS (0 keeps them; --body-days overrides). Works in batches, each "
         "its own short transaction, so it is safe to run while the server is writing. The "
         "per-day rollups (usage by day: requests, tokens, cost) are kept, so reports and "
-        "dashboards still show the totals of pruned days; key and user ledgers are untouched."
+        "dashboards still show the totals of pruned days; key and user ledgers are untouched. "
+        "On PostgreSQL a month wholly before the cutoff goes as one partition (DETACH + DROP), "
+        "unless it holds a pending record: then its other rows are deleted as above."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -76,12 +79,17 @@ class Command(OneLineErrors, BaseCommand):
             # Never a pending row: its reservation would be held with nothing left to end it.
             old = UsageRecord.objects.completed().filter(created_at__lt=cutoff)
             if dry_run:
+                for partition in self._expired_months(cutoff):
+                    if partition_pending(partition=partition):
+                        self.stdout.write(f"would keep the partition {partition.name} (pending)")
+                    else:
+                        self.stdout.write(f"would drop the partition {partition.name}")
                 self.stdout.write(
                     f"would delete {old.count()} usage records "
                     f"from before {cutoff:%Y-%m-%d %H:%M} UTC"
                 )
             else:
-                deleted = self._delete(old, batch_size)
+                deleted = self._drop_months(cutoff) + self._delete(old, batch_size)
                 self.stdout.write(
                     f"deleted {deleted} usage records from before {cutoff:%Y-%m-%d %H:%M} UTC"
                 )
@@ -108,6 +116,29 @@ class Command(OneLineErrors, BaseCommand):
                 )
         else:
             self.stdout.write("request and response bodies are kept (USAGE_BODY_RETENTION_DAYS=0)")
+
+    def _expired_months(self, cutoff: dt.datetime) -> list:
+        return [p for p in partitions_list() if p.end is not None and p.end <= cutoff]
+
+    def _drop_months(self, cutoff: dt.datetime) -> int:
+        """Whole months before the cutoff, a partition each: no row-by-row delete, no bloat
+        left for VACUUM. (The partly expired month, and the DEFAULT partition, go row by row.)"""
+        total = 0
+        for partition in self._expired_months(cutoff):
+            try:
+                rows = partition_drop(partition=partition)
+            except OperationalError as exc:  # lock_timeout: writers come first, try next run
+                self.stdout.write(f"could not drop the partition {partition.name} now ({exc})")
+                continue
+            if rows is None:
+                self.stdout.write(
+                    f"kept the partition {partition.name}: it holds a pending record "
+                    "(its other records are deleted one by one)"
+                )
+                continue
+            self.stdout.write(f"dropped the partition {partition.name} ({rows} records)")
+            total += rows
+        return total
 
     def _delete(self, rows: QuerySet[UsageRecord], batch_size: int) -> int:
         total = 0

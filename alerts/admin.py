@@ -40,10 +40,11 @@ class AlertDeliveryInline(ReadOnly, admin.TabularInline):
 
 @admin.register(Alert)
 class AlertAdmin(ReadOnly, admin.ModelAdmin):
-    list_display = ("created_at", "kind", "scope", "username", "key_prefix", "threshold",
-                    "period", "budget", "spent", "status", "attempts", "sent_at")  # fmt: skip
+    list_display = ("created_at", "kind", "scope", "username", "team_name", "key_prefix",
+                    "threshold", "period", "budget", "spent", "status", "attempts",
+                    "sent_at")  # fmt: skip
     list_filter = ("status", "kind", "scope", "threshold", "period", "created_at")
-    search_fields = ("=username", "^key_prefix")
+    search_fields = ("=username", "=team_name", "^key_prefix")
     date_hierarchy = "created_at"
     inlines = (AlertDeliveryInline,)
     budget = money_column("budget_usd", "budget (USD)")

@@ -21,7 +21,7 @@ from django.core.mail import send_mail
 from django.utils import timezone
 
 from alerts import messages
-from alerts.models import Alert, AlertDelivery, DeliveryChannel
+from alerts.models import Alert, AlertDelivery, AlertScope, DeliveryChannel
 from alerts.services import alert_attempt_record, alerts_claim, expiry_alerts_make
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,10 @@ def _webhook_target() -> str:
 
 
 def _recipients(alert: Alert) -> list[str]:
-    addresses = [alert.user.email] if alert.user.email else []
+    if alert.scope == AlertScope.TEAM:
+        addresses = getattr(alert, "team_admin_emails", [])
+    else:
+        addresses = [alert.user.email] if alert.user is not None and alert.user.email else []
     return list(dict.fromkeys([*addresses, *settings.ALERT_EMAIL_TO]))
 
 

@@ -43,7 +43,8 @@ def payload(alert: Alert, *, sent_at: dt.datetime) -> dict[str, object]:
         "type": alert.kind,
         "threshold": alert.threshold,
         "scope": alert.scope,
-        "username": alert.username,
+        "username": alert.username or None,
+        "team": alert.team_name or None,
         "key_prefix": alert.key_prefix or None,
         "period": alert.period,
         "period_start": _iso(alert.period_start),
@@ -64,9 +65,10 @@ def signature(body: bytes, secret: str) -> str:
 
 def email_text(alert: Alert) -> tuple[str, str]:
     """(subject, body) of the alert's email."""
-    whose = (
-        f"Key {alert.key_prefix}…" if alert.scope == AlertScope.KEY else f"User {alert.username}"
-    )
+    whose = {
+        AlertScope.KEY: f"Key {alert.key_prefix}…",
+        AlertScope.TEAM: f"Team {alert.team_name}",
+    }.get(alert.scope, f"User {alert.username}")
     if alert.kind == AlertKind.EXPIRY:
         subject = f"[OpenAI proxy] Key {alert.key_prefix}… expires on {alert.expires_at:%Y-%m-%d}"
         body = (
@@ -77,7 +79,8 @@ def email_text(alert: Alert) -> tuple[str, str]:
     span = "total" if alert.period == "total" else f"{alert.period}'s"
     subject = f"[OpenAI proxy] {whose} has used {alert.threshold}% of its {span} budget"
     body = (
-        f"{whose} (user {alert.username}) has spent ${exact_usd(alert.spent_usd)} of its "
+        f"{whose}{f' (user {alert.username})' if alert.username else ''} has spent "
+        f"${exact_usd(alert.spent_usd)} of its "
         f"${exact_usd(alert.budget_usd)} {alert.period} budget "
         f"(period starting {_iso(alert.period_start)}): {alert.threshold}% reached.\n"
         "Requests are refused once the budget is spent. See /v1/proxy/me for what is left.\n"

@@ -13,7 +13,7 @@ from django.conf import settings
 from django.db import models
 
 from keys.fields import MoneyField
-from keys.models import ApiKey, Period
+from keys.models import ApiKey, Period, Team
 
 
 class AlertKind(models.TextChoices):
@@ -24,6 +24,7 @@ class AlertKind(models.TextChoices):
 class AlertScope(models.TextChoices):
     KEY = "key", "key"
     USER = "user", "user"
+    TEAM = "team", "team"
 
 
 class AlertStatus(models.TextChoices):
@@ -36,10 +37,16 @@ class AlertStatus(models.TextChoices):
 class Alert(models.Model):
     kind = models.CharField(max_length=20, choices=AlertKind.choices)
     scope = models.CharField(max_length=4, choices=AlertScope.choices, default=AlertScope.KEY)
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE)
+    # The user a key's or a user's alert is about (empty for a team's: it goes to the team's
+    # admins).
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE
+    )
     # The key a key-scope budget alert or an expiry warning is about; empty for a user's.
     api_key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.CASCADE)
-    username = models.CharField(max_length=150)
+    team = models.ForeignKey(Team, null=True, blank=True, on_delete=models.CASCADE)
+    username = models.CharField(max_length=150, blank=True)
+    team_name = models.CharField(max_length=100, blank=True)
     key_prefix = models.CharField(max_length=24, blank=True)
     # Budget alerts: the period and the budget in force when the spend reached the threshold.
     period = models.CharField(max_length=8, choices=Period.choices, blank=True)
@@ -81,6 +88,11 @@ class Alert(models.Model):
                 name="alert_once_per_user_threshold",
             ),
             models.UniqueConstraint(
+                fields=["team", "period", "period_start", "threshold"],
+                condition=models.Q(kind=AlertKind.BUDGET, scope=AlertScope.TEAM),
+                name="alert_once_per_team_threshold",
+            ),
+            models.UniqueConstraint(
                 fields=["api_key", "expires_at"],
                 condition=models.Q(kind=AlertKind.EXPIRY),
                 name="alert_once_per_key_expiry",
@@ -88,7 +100,10 @@ class Alert(models.Model):
         ]
 
     def __str__(self) -> str:
-        owner = self.key_prefix + "…" if self.scope == AlertScope.KEY else self.username
+        owner = {
+            AlertScope.KEY: self.key_prefix + "…",
+            AlertScope.TEAM: f"team {self.team_name}",
+        }.get(self.scope, self.username)
         if self.kind == AlertKind.EXPIRY:
             return f"{owner} expires {self.expires_at:%Y-%m-%d %H:%M}"
         return f"{owner} reached {self.threshold}% of its {self.period} budget"

@@ -22,7 +22,7 @@ from django.db.models import Exists, OuterRef
 
 from alerts.models import Alert, AlertDelivery, AlertKind, AlertScope, AlertStatus, DeliveryChannel
 from alerts.thresholds import thresholds_crossed
-from keys.models import ApiKey, QuotaLedger
+from keys.models import ApiKey, QuotaLedger, Team, TeamMember
 from keys.services import LedgerSpend
 
 log = logging.getLogger(__name__)
@@ -35,9 +35,10 @@ class _Owner:
     read_at: float
     budget_usd: Decimal | None
     period: str
-    user_id: int
+    user_id: int | None
     username: str
     key_prefix: str = ""
+    team_name: str = ""
 
 
 # By (scope, owner id); read again after PROXY_KEY_CACHE_SECONDS, as the relay reads limits.
@@ -48,14 +49,13 @@ _owners: dict[tuple[str, int], _Owner] = {}
 _checked: dict[tuple[str, int], tuple[str, Decimal | None]] = {}
 
 
-def _scope_of(spend: LedgerSpend) -> tuple[str, int] | None:
-    """The key or user a ledger row's alerts are about; None for a team's row (team budgets
-    are not alerted on yet)."""
+def _scope_of(spend: LedgerSpend) -> tuple[str, int]:
+    """The key, user or team a ledger row's alerts are about."""
     if spend.api_key_id is not None:
         return AlertScope.KEY, spend.api_key_id
     if spend.user_id is not None:
         return AlertScope.USER, spend.user_id
-    return None
+    return AlertScope.TEAM, spend.team_id
 
 
 def _owners_of(wanted: set[tuple[str, int]]) -> dict[tuple[str, int], _Owner]:
@@ -64,6 +64,7 @@ def _owners_of(wanted: set[tuple[str, int]]) -> dict[tuple[str, int], _Owner]:
     missing = {o for o in wanted if o not in _owners or now - _owners[o].read_at >= fresh}
     key_ids = [owner_id for scope, owner_id in missing if scope == AlertScope.KEY]
     user_ids = [owner_id for scope, owner_id in missing if scope == AlertScope.USER]
+    team_ids = [owner_id for scope, owner_id in missing if scope == AlertScope.TEAM]
     if len(_owners) > 100_000:
         _owners.clear()
         _checked.clear()
@@ -79,6 +80,11 @@ def _owners_of(wanted: set[tuple[str, int]]) -> dict[tuple[str, int], _Owner]:
             .values_list("pk", "username", "proxy_limit__budget_usd", "proxy_limit__period")
         ):
             _owners[(AlertScope.USER, pk)] = _Owner(now, budget, period or "", pk, username)
+    if team_ids:
+        for pk, name, budget, period in Team.objects.filter(pk__in=team_ids).values_list(
+            "pk", "name", "budget_usd", "period"
+        ):
+            _owners[(AlertScope.TEAM, pk)] = _Owner(now, budget, period, None, "", team_name=name)
     return {o: _owners[o] for o in wanted if o in _owners}
 
 
@@ -90,7 +96,7 @@ def budget_alerts_record(*, spends: list[LedgerSpend], now: dt.datetime) -> int:
     Cheap on the hot path: nothing is read when no ledger's spend grew, an owner's budget is
     read once per PROXY_KEY_CACHE_SECONDS, and an insert happens only when a threshold was
     crossed (or, once per process and budget, when one is reached: see `_checked`)."""
-    grown = [s for s in spends if s.spent_after > s.spent_before and _scope_of(s) is not None]
+    grown = [s for s in spends if s.spent_after > s.spent_before]
     if not settings.ALERT_THRESHOLDS or not grown:
         return 0
     owners = _owners_of({_scope_of(s) for s in grown})
@@ -129,8 +135,10 @@ def budget_alerts_record(*, spends: list[LedgerSpend], now: dt.datetime) -> int:
             scope=scope,
             user_id=owner.user_id,
             api_key_id=spend.api_key_id,
+            team_id=spend.team_id,
             username=owner.username,
             key_prefix=owner.key_prefix,
+            team_name=owner.team_name,
             period=spend.period,
             period_start=starts[spend.ledger_id],
             threshold=threshold,
@@ -213,7 +221,21 @@ def alerts_claim(*, token: str, now: dt.datetime, lease: dt.timedelta, limit: in
                 next_attempt_at=now + lease, claimed_by=token
             )
         ]
-    return list(Alert.objects.filter(pk__in=claimed).select_related("user").order_by("pk"))
+    alerts = list(Alert.objects.filter(pk__in=claimed).select_related("user").order_by("pk"))
+    # A team's alert goes to its team admins' addresses as they are now (read here, in the
+    # database thread, not by the sender on the event loop).
+    teams = {a.team_id for a in alerts if a.scope == AlertScope.TEAM and a.team_id is not None}
+    admins: dict[int, list[str]] = {}
+    for team_id, email in (
+        TeamMember.objects.filter(team_id__in=teams, is_admin=True, user__is_active=True)
+        .exclude(user__email="")
+        .order_by("user__email")
+        .values_list("team_id", "user__email")
+    ):
+        admins.setdefault(team_id, []).append(email)
+    for alert in alerts:
+        alert.team_admin_emails = admins.get(alert.team_id, [])
+    return alerts
 
 
 def _retry_delay(attempts: int) -> dt.timedelta:

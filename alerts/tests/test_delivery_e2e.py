@@ -28,8 +28,8 @@ from tests.servers import running, start_proxy
 SECRET = "whsec-test-0123456789abcdef"
 HELLO = [{"role": "user", "content": "Count to three"}]
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "")
-FIELDS = {"type", "threshold", "scope", "username", "key_prefix", "period", "period_start",
-          "budget_usd", "spent_usd", "sent_at"}  # fmt: skip
+FIELDS = {"type", "threshold", "scope", "username", "team", "key_prefix", "period",
+          "period_start", "budget_usd", "spent_usd", "sent_at"}  # fmt: skip
 
 
 def alert_env(receiver, **extra: str) -> dict[str, str]:
@@ -361,3 +361,53 @@ def test_two_processes_make_and_send_each_alert_once(e2e, server_logs, receiver)
     assert sent == sorted(thresholds)  # one webhook each
     for alert in alerts:
         assert AlertDelivery.objects.filter(alert=alert).count() == 1
+
+
+def test_a_team_budget_alert_goes_once_to_the_team_admins_and_the_webhook(e2e, receiver, tmp_path):
+    from django.contrib.auth import get_user_model
+
+    from alerts.messages import exact_usd
+    from alerts.models import Alert
+    from keys.services import team_create, team_member_set
+
+    mail = tmp_path / "mail"
+    env = alert_env(
+        receiver,
+        ALERT_THRESHOLDS="50,100",
+        EMAIL_BACKEND="django.core.mail.backends.filebased.EmailBackend",
+        EMAIL_FILE_PATH=str(mail),
+    )
+    with running(start_proxy(e2e.upstream.url, e2e.proxy.log.parent, extra_env=env)) as proxy:
+        cost = one_request_costs(e2e, proxy)
+        team = team_create(name="search", budget_usd=4 * cost, period="month")
+        users = get_user_model().objects
+        secrets = [e2e.key(name) for name in ("lead", "dev1", "dev2")]
+        for name in ("lead", "dev1", "dev2"):
+            user = users.get(username=name)
+            user.email = f"{name}@example.com"
+            user.save()
+            team_member_set(team=team, user=user, is_admin=name == "lead")
+        # Two members spend half the team's budget together: one alert, not one per member.
+        chat(client_of(proxy, secrets[1]))
+        chat(client_of(proxy, secrets[2]))
+        wait_for(lambda: len(receiver.hits) == 1, what="the team's 50% webhook")
+        time.sleep(1)
+        assert len(receiver.hits) == 1
+
+    [alert] = Alert.objects.filter(scope="team")
+    assert (alert.threshold, alert.team_id, alert.status) == (50, team.pk, "sent")
+    [body] = receiver.bodies()
+    assert set(body) == FIELDS
+    assert body == {
+        **body,
+        "scope": "team",
+        "team": "search",
+        "username": None,
+        "key_prefix": None,
+        "budget_usd": exact_usd(4 * cost),
+        "spent_usd": exact_usd(2 * cost),
+    }
+    # Emailed to the team's admin only: not to the members who spent it.
+    [message] = emails_in(mail)
+    assert message["To"] == "lead@example.com"
+    assert "Team search has used 50% of its month's budget" in message["Subject"]

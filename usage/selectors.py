@@ -15,7 +15,16 @@ from django.core.cache import cache
 from django.db.models import F, Q, QuerySet, Sum
 
 from keys.filters import BIGINT_MAX
-from keys.models import ApiKey, Limits, QuotaLedger, UserLimit, period_end, period_start
+from keys.models import (
+    ApiKey,
+    Limits,
+    QuotaLedger,
+    Team,
+    TeamMember,
+    UserLimit,
+    period_end,
+    period_start,
+)
 from usage.models import (
     PRICE_COLUMNS,
     ROLLUP_SUMS,
@@ -144,6 +153,14 @@ def usage_dashboard(
     grouped = _rollup_sums(
         user_id=user_id, group=("day", "model"), start=start, end=end, today=today
     )
+    return _dashboard_usage(grouped, start=start, end=end)
+
+
+def _dashboard_usage(
+    grouped: list[dict[str, Any]], *, start: dt.date, end: dt.date
+) -> DashboardUsage:
+    """Rollup sums with `day` and `model` (rows of one day and model may repeat, as when also
+    grouped by user: they are added up) as a DashboardUsage."""
     span = (end - start).days + 1
     by_day = {start + dt.timedelta(days=n): UsageTotals() for n in range(span)}
     by_model: dict[str, UsageTotals] = {}
@@ -359,8 +376,10 @@ def usage_request_log(
     key_prefix: str = "",
     page: int = 1,
     per_page: int = 50,
+    user_ids: list[int] | None = None,
 ) -> RequestLogPage:
-    """One page of the records in the range, newest first, without their bodies. `model`
+    """One page of the records in the range, newest first, without their bodies, of one user
+    or (`user_ids`) of several: a team's members. `model`
     matches the model asked for or the one answered; `key_prefix` the start of a key's
     prefix. Whether a next page exists is learnt by reading one record more, never by
     counting a million."""
@@ -369,6 +388,8 @@ def usage_request_log(
     records = UsageRecord.objects.completed().filter(created_at__gte=since, created_at__lt=until)
     if user_id is not None:
         records = records.filter(user_id=user_id)
+    if user_ids is not None:
+        records = records.filter(user_id__in=user_ids)
     if model:
         records = records.filter(Q(model=model) | Q(response_model=model))
     if endpoint:
@@ -407,12 +428,15 @@ RECENT_RECORD_FIELDS = (
 
 
 def usage_record_for_viewer(*, record_id: int, viewer: AbstractBaseUser) -> UsageRecord | None:
-    """A record its viewer may open: their own, or anyone's for staff."""
+    """A record its viewer may open: their own, a member's of a team they are admin of, or
+    anyone's for staff."""
     if record_id > BIGINT_MAX:  # no such row, and the database would raise on the number
         return None
     records = UsageRecord.objects.completed().select_related("user", "api_key")
     if not getattr(viewer, "is_staff", False):
-        records = records.filter(user_id=viewer.pk)
+        records = records.filter(
+            Q(user_id=viewer.pk) | Q(user_id__in=_members_of_teams_run_by(viewer))
+        )
     return records.filter(pk=record_id).first()
 
 
@@ -517,6 +541,102 @@ def budget_lines(
         start=start,
     )
     return user_line, key_lines
+
+
+# --- Team reads (usage.team_views): what a team's admins and staff see of a team. Figures come
+# from the members' UsageDaily rows and the team's ledger row; only the request log reads
+# records, one page of them.
+
+
+def _members_of_teams_run_by(viewer: AbstractBaseUser) -> QuerySet[TeamMember]:
+    """The user ids of the members of the team `viewer` is an admin of (none if they are not
+    one), as a subquery."""
+    teams = TeamMember.objects.filter(user_id=viewer.pk, is_admin=True).values("team_id")
+    return TeamMember.objects.filter(team_id__in=teams).values("user_id")
+
+
+def team_membership(*, user: AbstractBaseUser) -> TeamMember | None:
+    """The user's place in a team, with the team, or None when they are in none."""
+    return TeamMember.objects.select_related("team").filter(user_id=user.pk).first()
+
+
+def team_for_viewer(*, team_id: int, viewer: AbstractBaseUser) -> Team | None:
+    """The team, if `viewer` may see its usage: staff, or one of its team admins. None alike
+    for a team that does not exist and one the viewer may not see."""
+    if team_id > BIGINT_MAX:
+        return None
+    teams = Team.objects.filter(pk=team_id)
+    if not getattr(viewer, "is_staff", False):
+        teams = teams.filter(members__user_id=viewer.pk, members__is_admin=True)
+    return teams.first()
+
+
+def team_member_for_viewer(*, username: str, viewer: AbstractBaseUser) -> AbstractBaseUser | None:
+    """The user named `username` if they are in a team `viewer` is an admin of, else None."""
+    user_model = get_user_model()
+    return (
+        user_model.objects.filter(**{user_model.USERNAME_FIELD: username})
+        .filter(pk__in=_members_of_teams_run_by(viewer))
+        .first()
+    )
+
+
+def teams_listed() -> list[Team]:
+    """Every team by name, for the links on the staff dashboard."""
+    return list(Team.objects.only("id", "name").order_by("name"))
+
+
+def team_budget_line(*, team: Team, now: dt.datetime) -> BudgetLine:
+    """The team's limits against its ledger row for the period holding `now`: what all its
+    members have spent and hold reserved together (every request a member makes while in
+    the team, whoever was in it then)."""
+    start = period_start(team.period, now)
+    ledger = QuotaLedger.objects.filter(team=team, period=team.period, period_start=start).first()
+    return _budget_line(label=team.name, status="active", limits=team, ledger=ledger, start=start)
+
+
+@dataclasses.dataclass
+class TeamUsage:
+    """A team's current members and what each of them used in a range, with their usage
+    added up as one dashboard's."""
+
+    usage: DashboardUsage
+    members: list[UsageTotals]  # every current member, those with no usage too; most spend first
+    admins: set[str]  # the usernames of the team's admins
+    member_ids: list[int]
+
+
+def team_usage(*, team: Team, start: dt.date, end: dt.date) -> TeamUsage:
+    """The usage of the team's current members from `start` to `end` inclusive: by day, by
+    model and by member, from one query of the rollup grouped by day, model and user (the
+    members' rollup rows only, through the (user, day) index).
+
+    Not cached as a user's closed days are: who is in the team changes, and a cached sum
+    would go on counting a member who left."""
+    members = list(
+        TeamMember.objects.filter(team=team)
+        .values_list("user_id", "user__username", "is_admin")
+        .order_by("user__username")
+    )
+    member_ids = [user_id for user_id, _, _ in members]
+    sums = {f"sum_{field}": Sum(field) for field in ROLLUP_SUMS}
+    grouped = list(
+        UsageDaily.objects.filter(user_id__in=member_ids, day__gte=start, day__lte=end)
+        .values("day", "model", "user_id")
+        .annotate(**sums)
+        .order_by()
+    )
+    by_member = {user_id: UsageTotals(label=name) for user_id, name, _ in members}
+    for row in grouped:
+        # A member who left between the two reads is still in the sums, not in the table.
+        if (totals := by_member.get(row["user_id"])) is not None:
+            totals.add(row)
+    return TeamUsage(
+        usage=_dashboard_usage(grouped, start=start, end=end),
+        members=_most_spend_first(by_member.values()),
+        admins={name for _, name, is_admin in members if is_admin},
+        member_ids=member_ids,
+    )
 
 
 # --- API reads (usage.apis, usage.admin): the records a viewer may read, and summaries of the

@@ -41,6 +41,10 @@ from usage.selectors import (
     DashboardUsage,
     UsageTotals,
     budget_lines,
+    team_budget_line,
+    team_member_for_viewer,
+    team_membership,
+    teams_listed,
     usage_activity,
     usage_by_key,
     usage_by_user,
@@ -101,12 +105,16 @@ def _date_range(request: HttpRequest, today: dt.date) -> tuple[dt.date, dt.date,
 
 def _subject(request: HttpRequest, username: str | None) -> AbstractBaseUser | None:
     """Whose usage a page shows: None stands for everyone's, which only staff see. A user
-    asking for someone else's page gets the same 404 as for a user who does not exist."""
+    asking for someone else's page (other than a member's of a team they are admin of) gets
+    the same 404 as for a user who does not exist."""
     viewer = request.user
     if username is None:
         return None if viewer.is_staff else viewer
     if not viewer.is_staff and username != viewer.get_username():
-        raise Http404("No such user.")
+        member = team_member_for_viewer(username=username, viewer=viewer)
+        if member is None:
+            raise Http404("No such user.")
+        return member
     user_model = get_user_model()
     return get_object_or_404(user_model, **{user_model.USERNAME_FIELD: username})
 
@@ -257,6 +265,7 @@ def _render_dashboard(request: HttpRequest, subject: AbstractBaseUser | None) ->
             rows=users[:TOP_SPENDERS], chart_id="top-spenders", title="Top spenders"
         )
         # The last `manage.py reconcile_usage` that compared, whatever range the page shows.
+        context["teams"] = teams_listed()
         run = reconciliation_latest()
         if run is not None:
             rows = list(run.rows.all())
@@ -268,6 +277,14 @@ def _render_dashboard(request: HttpRequest, subject: AbstractBaseUser | None) ->
             )
     else:
         context["user_budget"], context["key_budgets"] = budget_lines(user=subject, now=now)
+        # A member is refused when their team's budget is spent: the line says why.
+        membership = team_membership(user=subject)
+        if membership is not None:
+            context["membership"] = membership
+            context["team_budget"] = team_budget_line(team=membership.team, now=now)
+            # Whoever else may open this page is staff or an admin of the subject's team.
+            if request.user.is_staff or subject != request.user or membership.is_admin:
+                context["team_url"] = reverse("usage:team_dashboard", args=[membership.team_id])
         keys = usage_by_key(user_id=subject.pk, start=start, end=end, today=now.date())
         context["keys"] = keys
         context["keys_chart"] = spend_bar_chart(

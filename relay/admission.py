@@ -79,8 +79,10 @@ async def _make_waiting() -> None:
 
 
 def refuse(ex: Exchange, response: HttpResponse, error_code: str) -> HttpResponse:
-    """Answer with the proxy's own error, and record the request as refused."""
-    ex.finish(response.status_code, error_code=error_code)
+    """Answer with the proxy's own error, and record the request as refused (with the error
+    body, when the key keeps bodies: the request's page then quotes the message, such as
+    which budget refused and its amount, not only the code's general meaning)."""
+    ex.finish(response.status_code, error_code=error_code, response_body=response.content.decode())
     return response
 
 

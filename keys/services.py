@@ -244,13 +244,22 @@ def _ledger_id(scope: str, owner_id: int, period: str, start: dt.datetime) -> in
     if ledger_id is not None:
         return ledger_id
     owner = _owner(scope, owner_id)
+    rows = QuotaLedger.objects.filter(period=period, period_start=start, **owner)
     try:
         with transaction.atomic():
-            ledger, _ = QuotaLedger.objects.get_or_create(
-                period=period, period_start=start, **owner
-            )
+            ledger = rows.first()
+            if ledger is None:
+                # A team can be deleted while it has no ledger row, and a process can still
+                # hold a member's key: the row cannot be made (its foreign key fails, on
+                # SQLite only at the commit of a whole quota_reserve_many batch, failing every
+                # request in it). The request is then read afresh, as for a member moved out.
+                if scope == "team" and not Team.objects.filter(pk=owner_id).exists():
+                    raise TeamChanged()
+                ledger = QuotaLedger.objects.create(period=period, period_start=start, **owner)
     except IntegrityError:  # another process created this period's row first
-        ledger = QuotaLedger.objects.get(period=period, period_start=start, **owner)
+        ledger = rows.first()
+        if ledger is None:  # no: its owner is gone (deleted meanwhile)
+            raise TeamChanged() if scope == "team" else KeyInactive() from None
     ledger_id = ledger.pk
 
     def remember() -> None:

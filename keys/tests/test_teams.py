@@ -20,7 +20,7 @@ from django.contrib.auth import get_user_model
 from django.db import IntegrityError, connection, transaction
 
 from keys.models import QuotaLedger, Team
-from keys.selectors import key_info_for_secret
+from keys.selectors import key_info_for_secret, key_info_reread
 from keys.services import (
     QuotaExceeded,
     TeamChanged,
@@ -378,3 +378,38 @@ def test_reprice_moves_the_team_ledger_with_the_key_and_the_user(e2e):
     assert team_row(team).spent_usd == fixed.cost_usd
     assert QuotaLedger.objects.get(user__username="member0").spent_usd == fixed.cost_usd
     assert "3 budget ledgers adjusted" in out.getvalue()
+
+
+# --- Review: where a team's membership changes under a cached key ------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_team_deleted_while_a_process_holds_a_member_key_bills_them_alone():
+    # A team nobody has spent in yet can be deleted (no ledger row keeps it); a process that
+    # cached a member's key meanwhile must not fail their requests on a row it cannot make.
+    team = team_create(name="short-lived", budget_usd=Decimal(1))
+    cached, _ = member_key(team, "hal")
+    other, _ = key_issue(username="ida")
+    other_key = key_info_for_secret_of(other)
+    Team.objects.filter(pk=team.pk).delete()
+
+    with pytest.raises(TeamChanged):
+        reserve(cached, "0.10")
+    if connection.vendor == "sqlite":
+        # Reserved together (quota_reserve_many): the stale one fails alone, not its batch.
+        from keys.services import quota_reserve_many
+
+        mine, theirs = request_record(cached, created_at=NOW), request_record(other_key)
+        results = quota_reserve_many(
+            [
+                {"key": cached, "cost": Decimal("0.1"), "tokens": 1, "now": NOW, "record": mine},
+                {"key": other_key, "cost": Decimal("0.1"), "tokens": 1, "now": NOW,
+                 "record": theirs},
+            ]
+        )  # fmt: skip
+        assert isinstance(results[0], TeamChanged) and not isinstance(results[1], Exception)
+        assert UsageRecord.objects.filter(pk=theirs.pk).exists()
+    # What the relay does on TeamChanged: read the key afresh, bill its user alone.
+    record = reserve(key_info_reread(cached), "0.10")
+    assert record.team_ledger_id is None
+    assert not QuotaLedger.objects.filter(team_id=team.pk).exists()

@@ -140,5 +140,10 @@ class TeamAdmin(KeepsBillingHistory, admin.ModelAdmin):
         members = formset.save(commit=False)
         for gone in formset.deleted_objects:
             team_member_remove(user=gone.user)
+        # A row whose user was changed names someone else now: the user it named leaves the
+        # team (else they would go on spending its budget, unseen on this page).
+        replaced = [m.pk for m, changed in formset.changed_objects if "user" in changed]
+        for old in TeamMember.objects.filter(pk__in=replaced).select_related("user"):
+            team_member_remove(user=old.user)
         for member in members:
             team_member_set(team=form.instance, user=member.user, is_admin=member.is_admin)

@@ -413,3 +413,27 @@ def test_a_team_deleted_while_a_process_holds_a_member_key_bills_them_alone():
     record = reserve(key_info_reread(cached), "0.10")
     assert record.team_ledger_id is None
     assert not QuotaLedger.objects.filter(team_id=team.pk).exists()
+
+
+def test_an_operator_replacing_a_member_in_the_team_inline_takes_the_old_one_out(admin_client):
+    team = team_create(name="design")
+    ann_key, _ = key_issue(username="ann")
+    bob_key, _ = key_issue(username="bob")
+    member = team_member_set(team=team, user=ann_key.user)
+    form = {
+        "name": "design",
+        "period": "total",
+        "budget_mode": "",
+        "allowed_models": "",
+        "members-TOTAL_FORMS": "1",
+        "members-INITIAL_FORMS": "1",
+        "members-MIN_NUM_FORMS": "0",
+        "members-MAX_NUM_FORMS": "1000",
+        "members-0-id": str(member.pk),
+        "members-0-team": str(team.pk),
+        "members-0-user": str(bob_key.user_id),
+    }
+    response = admin_client.post(f"/admin/keys/team/{team.pk}/change/", form)
+    assert response.status_code == 302, response.content.decode()[:2000]
+    # The row now says bob: ann no longer spends the team's budget.
+    assert list(team.members.values_list("user__username", flat=True)) == ["bob"]

@@ -156,6 +156,19 @@ async def grant(
                     "invalid_api_key",
                 )
             ex.key = key
+            if ex.model and not key.model_allowed(ex.model):
+                # The view checked the model against the team the key was cached with; the
+                # team the user is in now has an allow-list of its own.
+                return refuse(
+                    ex,
+                    errors.openai_error(
+                        403,
+                        f"This key may not use the model '{ex.model}'.",
+                        param="model",
+                        code="model_not_allowed",
+                    ),
+                    "model_not_allowed",
+                )
             if attempt == _SETTLE_RETRIES:  # the team changed again and again meanwhile
                 message = "Your team changed while this request was being granted; try again."
                 return refuse(

@@ -437,3 +437,21 @@ def test_an_operator_replacing_a_member_in_the_team_inline_takes_the_old_one_out
     assert response.status_code == 302, response.content.decode()[:2000]
     # The row now says bob: ann no longer spends the team's budget.
     assert list(team.members.values_list("user__username", flat=True)) == ["bob"]
+
+
+def test_a_member_moved_into_a_team_that_forbids_the_model_is_refused_it(e2e):
+    first = team_create(name="open")
+    narrow = team_create(name="narrow", allowed_models="gpt-4o")
+    secret = _members(e2e, first, 1)[0]
+    client = e2e.client(secret)
+    client.chat.completions.create(model="gpt-4o-mini", messages=HELLO, max_tokens=5)
+    records_for(secret, 1)
+
+    # The proxy process has the key cached in its first team; the user moves to one whose
+    # allow-list has no gpt-4o-mini.
+    team_member_set(team=narrow, user=get_user_model().objects.get(username="member0"))
+    with pytest.raises(openai.PermissionDeniedError) as refused:
+        client.chat.completions.create(model="gpt-4o-mini", messages=HELLO, max_tokens=5)
+    assert refused.value.code == "model_not_allowed"
+    assert not QuotaLedger.objects.filter(team=narrow, requests__gt=0).exists()
+    assert len(e2e.upstream.bills()["bills"]) == 1

@@ -421,3 +421,64 @@ class ReconciliationRow(models.Model):
 
     def __str__(self) -> str:
         return f"{self.day} {self.model}"
+
+
+# Upper edges (ms, inclusive) of the latency histogram's buckets: about 1.5× apart (1, 1.5, 2,
+# 3, 4, 5, 7.5 per decade), and a last one for anything slower. A percentile read from them
+# is its bucket's upper edge: at most one step (≤ 50 %) above the true value, never below.
+LATENCY_BUCKETS_MS = (
+    25, 50, 75, 100, 150, 200, 300, 400, 500, 750, 1000, 1500, 2000, 3000, 4000, 5000, 7500,
+    10000, 15000, 20000, 30000, 60000, 120000, 300000, 2**31 - 1,
+)  # fmt: skip
+
+
+def latency_bucket(latency_ms: int | None) -> int:
+    """The index of the bucket `latency_ms` falls in; -1 for a record with no latency."""
+    if latency_ms is None:
+        return -1
+    for index, edge in enumerate(LATENCY_BUCKETS_MS):
+        if latency_ms <= edge:
+            return index
+    return len(LATENCY_BUCKETS_MS) - 1
+
+
+class UsageHourly(models.Model):
+    """Per user × model × UTC hour totals, updated in the transaction that adds a record to
+    UsageDaily: the hourly charts and the open days of the activity charts read these, not
+    the records."""
+
+    hour = models.DateTimeField()
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    model = models.CharField(max_length=120, blank=True)
+    requests = models.BigIntegerField(default=0)
+    errors = models.BigIntegerField(default=0)
+    cost_usd = MoneyField(default=Decimal(0))
+    unpriced_requests = models.BigIntegerField(default=0)
+
+    class Meta:
+        verbose_name_plural = "usage by hour"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["hour", "user", "model"], name="one_rollup_per_hour_user_model"
+            )
+        ]
+        indexes = [models.Index(fields=["user", "hour"], name="usage_hourly_by_user")]
+
+
+class UsageLatency(models.Model):
+    """How many requests of a user ended in each latency bucket (LATENCY_BUCKETS_MS) in a UTC
+    hour: the latency charts' p50 and p95, without reading the records."""
+
+    hour = models.DateTimeField()
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    bucket = models.SmallIntegerField()
+    requests = models.BigIntegerField(default=0)
+
+    class Meta:
+        verbose_name_plural = "latency by hour"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["hour", "user", "bucket"], name="one_latency_bucket_per_hour_user"
+            )
+        ]
+        indexes = [models.Index(fields=["user", "hour"], name="usage_latency_by_user")]

@@ -26,12 +26,15 @@ from keys.models import (
     period_start,
 )
 from usage.models import (
+    LATENCY_BUCKETS_MS,
     PRICE_COLUMNS,
     ROLLUP_SUMS,
     ModelAlias,
     ModelPrice,
     ToolPrice,
     UsageDaily,
+    UsageHourly,
+    UsageLatency,
     UsageRecord,
 )
 from usage.pricing import Price, ToolFee, model_undated
@@ -261,59 +264,63 @@ class ActivityBucket:
         )
 
 
-def _percentile(ordered: list[int], pct: int) -> int | None:
-    """Nearest rank: the smallest value at least `pct`% of `ordered` are at or below."""
-    if not ordered:
+def _percentile(histogram: Mapping[int, int], pct: int) -> int | None:
+    """Nearest rank over the latency buckets: the upper edge of the bucket holding the
+    smallest value at least `pct`% of the requests are at or below (LATENCY_BUCKETS_MS: at
+    most one step above the true value; the last, open bucket shows as its lower edge)."""
+    total = sum(n for bucket, n in histogram.items() if bucket >= 0)
+    if total <= 0:
         return None
-    return ordered[max(0, math.ceil(pct / 100 * len(ordered)) - 1)]
-
-
-def _activity_of(start: dt.datetime, rows: list[tuple]) -> ActivityBucket:
-    bucket = ActivityBucket(start=start)
-    latencies = sorted(row[1] for row in rows if row[1] is not None)
-    bucket.p50_ms, bucket.p95_ms = _percentile(latencies, 50), _percentile(latencies, 95)
-    for _, _, status, cost, model in rows:
-        bucket.requests += 1
-        bucket.errors += status >= 400
-        if cost is None:
-            bucket.unpriced_requests += status < 400
-            continue
-        bucket.cost_usd += cost
-        bucket.spend_by_model[model] = bucket.spend_by_model.get(model, Decimal(0)) + cost
-    return bucket
+    rank, seen = max(1, math.ceil(pct / 100 * total)), 0
+    for bucket in sorted(b for b in histogram if b >= 0):
+        seen += histogram[bucket]
+        if seen >= rank:
+            return LATENCY_BUCKETS_MS[min(bucket, len(LATENCY_BUCKETS_MS) - 2)]
+    return None
 
 
 def _day_activity(*, user_id: int | None, day: dt.date) -> tuple[ActivityBucket, list]:
-    """The day's bucket and its 24 hours' (all of them, empty ones too), from its records:
-    percentiles cannot be added up from the rollup's sums."""
+    """The day's bucket and its 24 hours' (all of them, empty ones too), from the hourly
+    rollup and latency histogram (UsageHourly, UsageLatency): never from the records."""
     since = dt.datetime.combine(day, dt.time.min, tzinfo=dt.UTC)
-    records = UsageRecord.objects.completed().filter(
-        created_at__gte=since, created_at__lt=since + dt.timedelta(days=1)
-    )
+    until = since + dt.timedelta(days=1)
+    hours = [ActivityBucket(start=since + dt.timedelta(hours=hour)) for hour in range(24)]
+    totals = UsageHourly.objects.filter(hour__gte=since, hour__lt=until)
+    latencies = UsageLatency.objects.filter(hour__gte=since, hour__lt=until)
     if user_id is not None:
-        records = records.filter(user_id=user_id)
-    by_hour: list[list[tuple]] = [[] for _ in range(24)]
-    for created_at, latency, status, cost, model, answered in records.values_list(
-        "created_at", "latency_ms", "status_code", "cost_usd", "model", "response_model"
+        totals, latencies = totals.filter(user_id=user_id), latencies.filter(user_id=user_id)
+    daily = ActivityBucket(start=since)
+    for hour, model, requests, errors, cost, unpriced in totals.values_list(
+        "hour", "model", "requests", "errors", "cost_usd", "unpriced_requests"
     ).order_by():
-        # The same model a rollup is kept under.
-        row = (created_at, latency, status, cost, answered or model)
-        by_hour[created_at.astimezone(dt.UTC).hour].append(row)
-    hours = [
-        _activity_of(since + dt.timedelta(hours=hour), rows) for hour, rows in enumerate(by_hour)
-    ]
-    return _activity_of(since, [row for rows in by_hour for row in rows]), hours
+        for bucket in (hours[hour.astimezone(dt.UTC).hour], daily):
+            bucket.requests += requests
+            bucket.errors += errors
+            bucket.unpriced_requests += unpriced
+            if cost:
+                bucket.cost_usd += cost
+                bucket.spend_by_model[model] = bucket.spend_by_model.get(model, Decimal(0)) + cost
+    histograms: list[dict[int, int]] = [{} for _ in range(24)]
+    whole_day: dict[int, int] = {}
+    for hour, bucket, requests in latencies.values_list("hour", "bucket", "requests").order_by():
+        histogram = histograms[hour.astimezone(dt.UTC).hour]
+        histogram[bucket] = histogram.get(bucket, 0) + requests
+        whole_day[bucket] = whole_day.get(bucket, 0) + requests
+    for activity, histogram in (*zip(hours, histograms, strict=True), (daily, whole_day)):
+        activity.p50_ms, activity.p95_ms = _percentile(histogram, 50), _percentile(histogram, 95)
+    return daily, hours
 
 
 def usage_activity(
     *, user_id: int | None, start: dt.date, end: dt.date, today: dt.date, hourly: bool
 ) -> list[ActivityBucket]:
-    """Requests, errors, spend and latency (p50, p95 of `latency_ms`) per UTC day, or per
-    hour when `hourly`, from `start` to `end` inclusive, empty buckets included; each
-    bucket's spend by model, under the names the by-model table uses.
+    """Requests, errors, spend and latency (p50, p95 of `latency_ms`, to the resolution of
+    LATENCY_BUCKETS_MS) per UTC day, or per hour when `hourly`, from `start` to `end`
+    inclusive, empty buckets included; each bucket's spend by model, under the names the
+    by-model table uses.
 
-    Read from the records (a day is one index range of them); closed days, as on the rest of
-    the dashboard, from the cache once read, so a page reads at most the last two days."""
+    Read from the hourly rollups (a day is at most 24 × users × models rows); closed days, as
+    on the rest of the dashboard, from the cache once read."""
     closed_end = today - dt.timedelta(days=2)
     days = [start + dt.timedelta(days=n) for n in range((end - start).days + 1)]
     scope = user_id or "all"

@@ -25,7 +25,14 @@ from keys.fields import MoneyField, money_param
 from keys.money import usd
 from keys.services import LedgerMove, quota_settle
 from keys.sql import Columns, db_values
-from usage.models import RecordState, UsageDaily, UsageRecord
+from usage.models import (
+    RecordState,
+    UsageDaily,
+    UsageHourly,
+    UsageLatency,
+    UsageRecord,
+    latency_bucket,
+)
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +108,7 @@ def rollups_add(entries: list[tuple[UsageRecord, int]]) -> None:
                 UsageDaily.objects.create(**row, **deltas)
         except IntegrityError:  # another writer inserted the day's row first
             UsageDaily.objects.filter(**row).update(**increments)
+    _hourly_rollups_add(entries)
 
 
 _ROLLUP_SUMS = (
@@ -144,6 +152,59 @@ def _rollups_upsert(adds: list[tuple[tuple, dict[str, int | Decimal]]]) -> None:
             execute_batch(cursor.cursor, _rollup_upsert_sql(), params, page_size=100)
         else:
             cursor.executemany(_rollup_upsert_sql(), params)
+
+
+_HOURLY_SUMS = ("requests", "errors", "cost_usd", "unpriced_requests")
+
+
+@functools.cache
+def _hourly_upsert_sql() -> tuple[str, str]:
+    quote = connection.ops.quote_name
+    hourly, latency = (quote(m._meta.db_table) for m in (UsageHourly, UsageLatency))
+    sums = ", ".join(
+        f"{quote(c)} = {hourly}.{quote(c)} + excluded.{quote(c)}" for c in _HOURLY_SUMS
+    )
+    return (
+        f"INSERT INTO {hourly} (hour, user_id, model, {', '.join(_HOURLY_SUMS)})"  # noqa: S608 (names from _meta)
+        f" VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (hour, user_id, model) DO UPDATE SET {sums}",
+        f"INSERT INTO {latency} (hour, user_id, bucket, requests) VALUES (%s, %s, %s, %s)"  # noqa: S608
+        f" ON CONFLICT (hour, user_id, bucket) DO UPDATE SET requests = {latency}.requests"
+        " + excluded.requests",
+    )
+
+
+def _hourly_rollups_add(entries: list[tuple[UsageRecord, int]]) -> None:
+    """The hourly totals and latency histogram of the same records, in the same transaction
+    and by the same kind of upsert as the daily rollup (the increment happens in the
+    database, rows in sorted order so two writers lock them in the same order)."""
+    connection = connections[DEFAULT_DB_ALIAS]
+    totals: dict[tuple, list] = {}
+    latencies: dict[tuple, int] = {}
+    for record, sign in entries:
+        hour = record.created_at.astimezone(dt.UTC).replace(minute=0, second=0, microsecond=0)
+        deltas = _rollup_deltas(record, sign)
+        row = totals.setdefault(
+            (hour, record.user_id, record.response_model or record.model), [0, 0, Decimal(0), 0]
+        )
+        for index, field in enumerate(_HOURLY_SUMS):
+            row[index] += deltas[field]
+        bucket = (hour, record.user_id, latency_bucket(record.latency_ms))
+        latencies[bucket] = latencies.get(bucket, 0) + sign
+    adapt = connection.ops.adapt_datetimefield_value
+    hourly_sql, latency_sql = _hourly_upsert_sql()
+    hourly_params = [
+        [adapt(hour), user_id, model, n, errors, money_param(cost, connection), unpriced]
+        for (hour, user_id, model), (n, errors, cost, unpriced) in sorted(totals.items())
+    ]
+    latency_params = [[adapt(h), u, b, n] for (h, u, b), n in sorted(latencies.items())]
+    with connection.cursor() as cursor:
+        for sql, params in ((hourly_sql, hourly_params), (latency_sql, latency_params)):
+            if connection.vendor == "postgresql":
+                from psycopg2.extras import execute_batch
+
+                execute_batch(cursor.cursor, sql, params, page_size=100)
+            else:
+                cursor.executemany(sql, params)
 
 
 _ROW_FIELDS = ("id", "state", "process", "key_ledger_id", "user_ledger_id", "reserved_usd",

@@ -11,6 +11,8 @@ from html.parser import HTMLParser
 
 import pytest
 from django.core.cache import cache
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
@@ -456,12 +458,30 @@ def test_latency_per_day_is_p50_and_p95_of_the_days_records(client, alice_key, m
     key, _ = alice_key
     for latency in range(100, 2100, 100):  # 20 requests: p50 1000 ms, p95 1900 ms
         make_record(key, created_at=at(3, 10), latency_ms=latency)
+    make_record(key, created_at=at(3, 11), latency_ms=None)  # no latency: not counted
     client.force_login(key.user)
     latency = _svg(client.get("/dashboard/?group=day"), "latency")
-    assert f'data-day="{at(3).date()}" data-p50="1000" data-p95="1900"' in latency
+    # From the latency histogram: each figure is the upper edge of its bucket (1900 ms is in
+    # 1.5–2 s), never below the true value.
+    assert f'data-day="{at(3).date()}" data-p50="1000" data-p95="2000"' in latency
     # Read again from the cache of closed days: the same figures.
     latency = _svg(client.get("/dashboard/?group=day"), "latency")
-    assert f'data-day="{at(3).date()}" data-p50="1000" data-p95="1900"' in latency
+    assert f'data-day="{at(3).date()}" data-p50="1000" data-p95="2000"' in latency
+
+
+def test_latency_percentiles_read_the_histogram_not_the_records(client, alice_key, make_record, at):
+    key, _ = alice_key
+    for latency in (80, 90, 140, 160, 4200):
+        make_record(key, created_at=at(3, 10), latency_ms=latency)
+    client.force_login(key.user)
+    with CaptureQueriesContext(connection) as queries:
+        hourly = _svg(
+            client.get(f"/dashboard/?from={at(3).date()}&to={at(3).date()}&group=hour"), "latency"
+        )
+    # The records are read only for the request log: one page of them.
+    record_reads = [q["sql"] for q in queries if "usage_usagerecord" in q["sql"]]
+    assert record_reads and all("LIMIT" in sql for sql in record_reads)
+    assert 'data-p50="150" data-p95="5000"' in hourly  # 140 ms in 100–150, 4.2 s in 4–5 s
 
 
 def test_a_users_page_shows_spend_per_key(client, alice_key, make_record):

@@ -5,10 +5,13 @@
 Works on a scratch database it creates and migrates itself, and drops afterwards (unless
 --keep): a temporary SQLite file by default, or, given --database-url (or DATABASE_URL) of a
 PostgreSQL server, a database named `<that name>_usage_bench` on it; the named database is
-never touched. It fills N records across ~50 users, ~100 keys, 10 models and 90 days with
-bulk inserts, building the UsageDaily rollup alongside exactly as usage_record_create would,
-then times each page warm with Django's test Client and prints p50/p95 in milliseconds.
-Target: p95 under 300 ms for every dashboard page and the summary endpoint.
+never touched. It fills N records across ~50 users, ~100 keys, 10 models and 90 days (bulk
+inserts on SQLite, COPY into the month partitions on PostgreSQL: 10,000,000 records in
+minutes), building the UsageDaily, UsageHourly and UsageLatency rollups alongside exactly as
+usage_record_create would, then times each page warm with Django's test Client and prints
+p50/p95 in milliseconds, also written to bench/results/usage_scale-<database>-<N>-<time>.md.
+Target: p95 under 300 ms for every dashboard page, the summary endpoint and the admin's usage
+list.
 """
 
 from __future__ import annotations
@@ -99,11 +102,12 @@ def setup_django(database_url: str, scratch_dir: str) -> None:
 def fill(records: int, seed: int) -> dict[str, object]:
     """Users, keys, limits, ledger rows, `records` usage records and their rollup."""
     from django.contrib.auth import get_user_model
-    from django.db import transaction
+    from django.db import connection
     from django.utils import timezone
 
     from keys.models import ApiKey, Period, QuotaLedger, UserLimit, key_hash, period_start
-    from usage.models import UsageDaily, UsageRecord
+    from usage.models import UsageDaily, UsageHourly, UsageLatency, UsageRecord, latency_bucket
+    from usage.partitions import month_start, partitions_ensure
 
     rng = random.Random(seed)
     user_model = get_user_model()
@@ -142,10 +146,17 @@ def fill(records: int, seed: int) -> dict[str, object]:
     today = now.date()
     per_day = records // DAYS
     rollup: dict[tuple[dt.date, int, int, str], list] = {}
+    hourly: dict[tuple[dt.datetime, int, str], list] = {}
+    latencies: dict[tuple[dt.datetime, int, int], int] = {}
     spend_this_month: dict[int, Decimal] = {}
     started = time.perf_counter()
     made = 0
-    batch: list[UsageRecord] = []
+    batch: list = []
+    copy = connection.vendor == "postgresql"
+    if copy:  # the months a gateway running for 90 days would have made
+        partitions_ensure(
+            months=[month_start(today - dt.timedelta(days=d)) for d in range(0, DAYS + 31, 28)]
+        )
     for d in range(DAYS):
         day = today - dt.timedelta(days=DAYS - 1 - d)
         count = per_day if d < DAYS - 1 else records - per_day * (DAYS - 1)
@@ -169,27 +180,48 @@ def fill(records: int, seed: int) -> dict[str, object]:
                     (prompt - cached) * price[0] + cached * price[1] + completion * price[2]
                 ) / 1_000_000
             with_body = rng.random() < 0.01
-            batch.append(
-                UsageRecord(
-                    created_at=midnight + dt.timedelta(seconds=second),
-                    user_id=user.pk,
-                    api_key_id=key.pk,
-                    key_prefix=key.prefix,
-                    endpoint="embeddings" if embedding else "chat/completions",
-                    model=model,
-                    response_model=model,
-                    status_code=status,
-                    stream=not embedding and rng.random() < 0.4,
-                    prompt_tokens=prompt,
-                    cached_tokens=cached,
-                    completion_tokens=completion,
-                    reasoning_tokens=reasoning,
-                    cost_usd=cost,
-                    latency_ms=rng.randint(120, 9000),
-                    request_body=f'{{"model": "{model}", "messages": []}}' if with_body else "",
-                    response_body='{"object": "chat.completion"}' if with_body else "",
+            created_at = midnight + dt.timedelta(seconds=second)
+            latency = rng.randint(120, 9000)
+            hour = created_at.replace(minute=0, second=0, microsecond=0)
+            totals = hourly.setdefault((hour, user.pk, model), [0, 0, Decimal(0), 0])
+            totals[0] += 1
+            totals[1] += status >= 400
+            totals[2] += cost or 0
+            totals[3] += cost is None and status < 400
+            bucket = (hour, user.pk, latency_bucket(latency))
+            latencies[bucket] = latencies.get(bucket, 0) + 1
+            if copy:
+                fields = (
+                    created_at.isoformat(), user.pk, key.pk, key.prefix,
+                    "embeddings" if embedding else "chat/completions", model, model, status,
+                    "t" if not embedding and rng.random() < 0.4 else "f", prompt, cached,
+                    completion, reasoning, NULL if cost is None else cost, latency,
+                    f'{{"model": "{model}", "messages": []}}' if with_body else "",
+                    '{"object": "chat.completion"}' if with_body else "",
+                )  # fmt: skip
+                batch.append("\t".join(map(str, fields)) + CONSTANTS)
+            else:
+                batch.append(
+                    UsageRecord(
+                        created_at=created_at,
+                        user_id=user.pk,
+                        api_key_id=key.pk,
+                        key_prefix=key.prefix,
+                        endpoint="embeddings" if embedding else "chat/completions",
+                        model=model,
+                        response_model=model,
+                        status_code=status,
+                        stream=not embedding and rng.random() < 0.4,
+                        prompt_tokens=prompt,
+                        cached_tokens=cached,
+                        completion_tokens=completion,
+                        reasoning_tokens=reasoning,
+                        cost_usd=cost,
+                        latency_ms=latency,
+                        request_body=f'{{"model": "{model}", "messages": []}}' if with_body else "",
+                        response_body='{"object": "chat.completion"}' if with_body else "",
+                    )
                 )
-            )
             # The same rules as usage_record_create, so rollup and records agree.
             sums = rollup.setdefault((day, user.pk, key.pk, model), [0] * 7 + [Decimal(0)])
             sums[0] += 1
@@ -202,16 +234,34 @@ def fill(records: int, seed: int) -> dict[str, object]:
             sums[7] += cost or 0
             if cost and day >= month.date():
                 spend_this_month[key.pk] = spend_this_month.get(key.pk, Decimal(0)) + cost
-            if len(batch) >= BATCH:
-                with transaction.atomic():
-                    UsageRecord.objects.bulk_create(batch)
-                made += len(batch)
+            if len(batch) >= (COPY_BATCH if copy else BATCH):
+                made += _write(batch, copy)
                 batch = []
         if (d + 1) % 10 == 0:
-            print(f"  filled {d + 1}/{DAYS} days, {made:,} records", file=sys.stderr)
+            print(
+                f"  filled {d + 1}/{DAYS} days, {made:,} records "
+                f"({time.perf_counter() - started:.0f} s)",
+                file=sys.stderr,
+            )
     if batch:
-        UsageRecord.objects.bulk_create(batch)
-        made += len(batch)
+        made += _write(batch, copy)
+    UsageHourly.objects.bulk_create(
+        [
+            UsageHourly(
+                hour=hour, user_id=user_id, model=model, requests=n, errors=errors,
+                cost_usd=cost, unpriced_requests=unpriced,
+            )
+            for (hour, user_id, model), (n, errors, cost, unpriced) in hourly.items()
+        ],
+        batch_size=BATCH,
+    )  # fmt: skip
+    UsageLatency.objects.bulk_create(
+        [
+            UsageLatency(hour=hour, user_id=user_id, bucket=bucket, requests=n)
+            for (hour, user_id, bucket), n in latencies.items()
+        ],
+        batch_size=BATCH,
+    )
     UsageDaily.objects.bulk_create(
         [
             UsageDaily(
@@ -243,6 +293,45 @@ def fill(records: int, seed: int) -> dict[str, object]:
         "fill_seconds": time.perf_counter() - started,
         "rollup_rows": len(rollup),
     }
+
+
+COPY_COLUMNS = (
+    "created_at", "user_id", "api_key_id", "key_prefix", "endpoint", "model", "response_model",
+    "status_code", "stream", "prompt_tokens", "cached_tokens", "completion_tokens",
+    "reasoning_tokens", "cost_usd", "latency_ms", "request_body", "response_body",
+)  # fmt: skip
+COPY_BATCH = 200_000
+NULL = "\\N"
+# Columns with a Django default but no database default, the same on every row: service_tier,
+# error_code, cache_write / audio input / audio output tokens, estimated, client_disconnected,
+# upstream_request_id, response_id.
+COPY_COLUMNS += (
+    "service_tier", "error_code", "cache_write_tokens", "audio_input_tokens",
+    "audio_output_tokens", "estimated", "client_disconnected", "upstream_request_id",
+    "response_id",
+)  # fmt: skip
+CONSTANTS = "\t\t\t0\t0\t0\tf\tf\t\t\n"
+
+
+def _write(batch: list, copy: bool) -> int:
+    """Insert one batch: UsageRecord objects by bulk_create, or TSV lines by COPY into the
+    partitioned table (the columns not named take their database defaults)."""
+    import io
+
+    from django.db import connection, transaction
+
+    from usage.models import UsageRecord
+
+    with transaction.atomic():
+        if not copy:
+            UsageRecord.objects.bulk_create(batch)
+            return len(batch)
+        with connection.cursor() as cursor:
+            cursor.cursor.copy_expert(
+                f"COPY usage_usagerecord ({', '.join(COPY_COLUMNS)}) FROM STDIN",
+                io.StringIO("".join(batch)),
+            )
+    return len(batch)
 
 
 def check_rollup() -> str:
@@ -299,6 +388,29 @@ def time_pages(actors: dict[str, object], runs: int, warmup: int) -> list[tuple]
         ("user", "API summary group_by=model, user", "/api/usage/summary/?group_by=model"),
         ("staff", "API records, first page, staff", "/api/usage/"),
         ("user", "API records, first page, user", "/api/usage/"),
+        ("staff", "admin usage list, first page", "/admin/usage/usagerecord/"),
+        ("staff", "admin usage list, page 50", "/admin/usage/usagerecord/?p=50"),
+        (
+            "staff",
+            "admin usage list, one user",
+            f"/admin/usage/usagerecord/?username={user.username}",
+        ),
+        (
+            "staff",
+            "admin usage list, model + 5xx",
+            "/admin/usage/usagerecord/?model=o4-mini&status=5xx",
+        ),
+        (
+            "staff",
+            "admin usage list, one day",
+            f"/admin/usage/usagerecord/?created_at__year={today.year}"
+            f"&created_at__month={today.month}&created_at__day={today.day}",
+        ),
+        (
+            "staff",
+            "admin usage list, search a key prefix",
+            "/admin/usage/usagerecord/?q=sk-proxy-031",
+        ),
     ]
     # A host the settings allow (Client's own "testserver" is answered 400 DisallowedHost,
     # which this benchmark once timed as a fast page).
@@ -376,40 +488,51 @@ def main() -> None:
             connection.creation.destroy_test_db(old_name, verbosity=0)
             shutil.rmtree(scratch_dir, ignore_errors=True)
 
-    print()
+    lines: list[str] = []
     kept = f" (kept: {connection.settings_dict['NAME']})" if keep else ""
-    print(f"database: {connection.vendor} {version}{kept}")
-    print(
+    lines.append(f"command: {' '.join(['python', *sys.argv])}")
+    lines.append(f"database: {connection.vendor} {version}{kept}")
+    lines.append(
         f"records: {count:,}  rollup rows: {rollup:,}  users: {USERS}  keys: "
         f"{USERS * KEYS_PER_USER}  models: {len(MODELS)}  days: {DAYS}"
     )
     filled = "reused" if actors["fill_seconds"] is None else f"{actors['fill_seconds']:.0f} s"
-    print(f"fill: {filled}  check: {consistency}")
-    print(
+    lines.append(f"fill: {filled}  check: {consistency}")
+    lines.append(
         f"timed: {args.runs} warm runs per page after {args.warmup} warm-up; "
         f"normal user = {actors['user'].username} (the heaviest)"
     )
-    print(
+    lines.append(
         "first = the page's first request in this process: closed days not cached yet "
         "(the first row also loads templates and URLs)"
     )
-    print()
+    lines.append("")
     width = max(len(r[0]) for r in results)
-    print(f"{'page':<{width}}  {'first ms':>8}  {'p50 ms':>8}  {'p95 ms':>8}  status")
-    print(f"{'-' * width}  {'-' * 8}  {'-' * 8}  {'-' * 8}  ------")
+    lines.append(f"{'page':<{width}}  {'first ms':>8}  {'p50 ms':>8}  {'p95 ms':>8}  status")
+    lines.append(f"{'-' * width}  {'-' * 8}  {'-' * 8}  {'-' * 8}  ------")
     slow = []
     for name, url, first, p50, p95, status in results:
         if p50 is None:
-            print(f"{name:<{width}}  {'—':>8}  {'—':>8}  {'—':>8}  {status}")
+            lines.append(f"{name:<{width}}  {'—':>8}  {'—':>8}  {'—':>8}  {status}")
             continue
-        print(f"{name:<{width}}  {first:8.1f}  {p50:8.1f}  {p95:8.1f}  {status}")
+        lines.append(f"{name:<{width}}  {first:8.1f}  {p50:8.1f}  {p95:8.1f}  {status}")
         if status != 200:
             slow.append(f"{name} (answered {status}, not a page)")
-        elif (url.startswith("/dashboard/") or "/summary/" in url) and p95 >= 300:
-            slow.append(name)
-    print()
+        elif url.startswith(("/dashboard/", "/admin/")) or "/summary/" in url:
+            if p95 >= 300:
+                slow.append(name)
+    lines.append("")
     verdict = "met" if not slow else f"MISSED by {slow}"
-    print(f"target p95 < 300 ms (dashboards, summary): {verdict}")
+    lines.append(f"target p95 < 300 ms (dashboards, summary, admin usage list): {verdict}")
+    text = "\n".join(lines)
+    print()
+    print(text)
+    results_dir = ROOT / "bench" / "results"
+    results_dir.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    path = results_dir / f"usage_scale-{connection.vendor}-{count}-{stamp}.md"
+    path.write_text(f"```\n{text}\n```\n")
+    print(f"\nwritten to {path.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

@@ -366,6 +366,20 @@ class ProxyUserAdmin(KeepsBillingHistory, UserAdmin):
             where = f" (emailed to {sent.emailed_to})" if sent.emailed_to else ""
             self.message_user(request, f"Invitation for {sent.username}{where}: {sent.link}")
 
+    def save_formset(self, request: HttpRequest, form: Any, formset: Any, change: bool) -> None:
+        from keys.models import TeamMember
+        from keys.services import team_member_remove, team_member_set
+
+        if formset.model is not TeamMember:
+            super().save_formset(request, form, formset, change)
+            return
+        # Through the services, so this process reads the user's keys again at once.
+        members = formset.save(commit=False)
+        for gone in formset.deleted_objects:
+            team_member_remove(user=gone.user)
+        for member in members:
+            team_member_set(team=member.team, user=form.instance, is_admin=member.is_admin)
+
     def billing_owners(self, objs: Any) -> dict[type[Model], Any]:
         # A user's keys would go with them (CASCADE), so what pins the keys pins the user.
         return {User: objs, ApiKey: ApiKey.objects.filter(user__in=objs)}

@@ -138,9 +138,12 @@ class TeamsApi(ApiAuthMixin, APIView):
         if Team.objects.filter(name=data["name"]).exists():
             raise ValidationError({"name": ["A team with this name exists."]})
         try:
-            team = team_create(name=data["name"], **_limit_changes(data))
+            with transaction.atomic():
+                team = team_create(name=data["name"], **_limit_changes(data))
         except DjangoValidationError as exc:
             raise _invalid(exc) from None
+        except IntegrityError:  # made by another request between the check and the insert
+            raise ValidationError({"name": ["A team with this name exists."]}) from None
         body = TeamOutputSerializer(_team_body(team)).data
         return Response(body, status=status.HTTP_201_CREATED)
 

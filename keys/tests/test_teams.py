@@ -455,3 +455,38 @@ def test_a_member_moved_into_a_team_that_forbids_the_model_is_refused_it(e2e):
     assert refused.value.code == "model_not_allowed"
     assert not QuotaLedger.objects.filter(team=narrow, requests__gt=0).exists()
     assert len(e2e.upstream.bills()["bills"]) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_putting_a_user_in_a_team_from_their_user_page_bills_the_team_at_once(admin_client):
+    from keys.selectors import key_info_for_secret as read
+
+    api_key, secret = key_issue(username="hal")
+    team = team_create(name="legal")
+    assert read(secret).team_id is None  # cached in this process without a team
+    page = admin_client.get(f"/admin/auth/user/{api_key.user_id}/change/").content.decode()
+    assert "team_membership-TOTAL_FORMS" in page
+    form = {
+        "username": "hal",
+        "is_active": "on",
+        "date_joined_0": "2026-01-01",
+        "date_joined_1": "00:00:00",
+        "team_membership-TOTAL_FORMS": "1",
+        "team_membership-INITIAL_FORMS": "0",
+        "team_membership-MIN_NUM_FORMS": "0",
+        "team_membership-MAX_NUM_FORMS": "1",
+        "team_membership-0-team": str(team.pk),
+        "proxy_limit-TOTAL_FORMS": "0",
+        "proxy_limit-INITIAL_FORMS": "0",
+        "proxy_limit-MIN_NUM_FORMS": "0",
+        "proxy_limit-MAX_NUM_FORMS": "1",
+        "api_keys-TOTAL_FORMS": "1",
+        "api_keys-INITIAL_FORMS": "1",
+        "api_keys-MIN_NUM_FORMS": "0",
+        "api_keys-MAX_NUM_FORMS": "1000",
+        "api_keys-0-id": str(api_key.pk),
+        "api_keys-0-user": str(api_key.user_id),
+    }
+    response = admin_client.post(f"/admin/auth/user/{api_key.user_id}/change/", form)
+    assert response.status_code == 302, response.content.decode()[:3000]
+    assert read(secret).team_id == team.pk  # the cached copy was forgotten

@@ -13,12 +13,21 @@ from django.db import migrations, models
 
 import keys.fields
 
+# usage.models.LATENCY_BUCKETS_MS as this migration wrote them (a migration must not follow a
+# later change of the model module).
+LATENCY_BUCKETS_MS = (
+    25, 50, 75, 100, 150, 200, 300, 400, 500, 750, 1000, 1500, 2000, 3000, 4000, 5000, 7500,
+    10000, 15000, 20000, 30000, 60000, 120000, 300000, 2**31 - 1,
+)  # fmt: skip
+# The most a money column holds (22 digits, 12 places). An hour's sum past it can only come
+# from records near that bound themselves: kept at the bound, so `migrate` never fails on it
+# (the daily rollup and the ledgers keep their own figures).
+MONEY_MAX = Decimal("9999999999.999999999999")
+
 
 def backfill(apps, schema_editor) -> None:  # noqa: ANN001 (migration signature)
     from django.db.models import Case, Count, IntegerField, Q, Sum, Value, When
     from django.db.models.functions import TruncHour
-
-    from usage.models import LATENCY_BUCKETS_MS
 
     Record = apps.get_model("usage", "UsageRecord")
     Hourly = apps.get_model("usage", "UsageHourly")
@@ -41,6 +50,8 @@ def backfill(apps, schema_editor) -> None:  # noqa: ANN001 (migration signature)
         total["errors"] += row["errors"]
         total["cost_usd"] += row["cost"] or Decimal(0)
         total["unpriced_requests"] += row["unpriced"]
+    for total in totals.values():
+        total["cost_usd"] = max(min(total["cost_usd"], MONEY_MAX), -MONEY_MAX)
     Hourly.objects.bulk_create(
         [Hourly(hour=h, user_id=u, model=m, **t) for (h, u, m), t in totals.items()],
         batch_size=5000,

@@ -146,38 +146,61 @@ class KeyStatusFilter(admin.SimpleListFilter):
         return queryset
 
 
-def keys_with_spend(keys: QuerySet[ApiKey], *, now: dt.datetime) -> QuerySet[ApiKey]:
-    """`keys` with this period's `spent_usd` and `reserved_usd` (each key's own period, from
-    its ledger row; 0 before its first request of the period), `remaining_usd` (empty without
-    a budget) and `last_used_at` (its latest usage record), as subqueries of one query."""
-    from usage.models import UsageRecord  # usage depends on keys, not the other way round
-
+def with_period_spend(owners: QuerySet, *, owner: str, now: dt.datetime) -> QuerySet:
+    """`owners` (keys or teams, whose ledger rows name them by `owner`) with this period's
+    `spent_usd` and `reserved_usd` (each one's own period, from its ledger row; 0 before its
+    first request of the period) and `remaining_usd` (empty without a budget), as subqueries
+    of one query."""
     this_period = Case(
         *(When(period=period, then=Value(period_start(period, now))) for period in Period),
         output_field=models.DateTimeField(),
     )
     ledger = QuotaLedger.objects.filter(
-        api_key=OuterRef("pk"), period=OuterRef("period"), period_start=this_period
+        **{owner: OuterRef("pk")}, period=OuterRef("period"), period_start=this_period
     )
     zero = Value(Decimal(0), output_field=MoneyField())
     spent = Coalesce(Subquery(ledger.values("spent_usd")[:1], output_field=MoneyField()), zero)
     reserved = Coalesce(
         Subquery(ledger.values("reserved_usd")[:1], output_field=MoneyField()), zero
     )
-    # Walks the (api_key, -created_at) index: one row per key.
-    latest = UsageRecord.objects.filter(api_key=OuterRef("pk")).order_by("-created_at")
-    return keys.annotate(
+    return owners.annotate(
         spent_usd=spent,
         reserved_usd=reserved,
         remaining_usd=models.ExpressionWrapper(
             F("budget_usd") - F("spent_usd") - F("reserved_usd"), output_field=MoneyField()
         ),
+    )
+
+
+def keys_with_spend(keys: QuerySet[ApiKey], *, now: dt.datetime) -> QuerySet[ApiKey]:
+    """`keys` with this period's spend (`with_period_spend`) and `last_used_at` (its latest
+    usage record), in one query."""
+    from usage.models import UsageRecord  # usage depends on keys, not the other way round
+
+    # Walks the (api_key, -created_at) index: one row per key.
+    latest = UsageRecord.objects.filter(api_key=OuterRef("pk")).order_by("-created_at")
+    return with_period_spend(keys, owner="api_key", now=now).annotate(
         last_used_at=Subquery(latest.values("created_at")[:1]),
     )
 
 
+class PeriodSpendColumns:
+    """The list columns of an admin whose queryset has `with_period_spend`'s annotations."""
+
+    @admin.display(description="spent this period (USD)", ordering="spent_usd")
+    def spent(self, obj: Any) -> str:
+        return usd(obj.spent_usd)
+
+    @admin.display(description="remaining (USD)", ordering="remaining_usd")
+    def remaining(self, obj: Any) -> str:
+        if obj.budget_usd is None:
+            return "no budget"
+        # From the Decimals, not the database's difference: SQLite subtracts in floats.
+        return usd(obj.budget_usd - obj.spent_usd - obj.reserved_usd)
+
+
 @admin.register(ApiKey)
-class ApiKeyAdmin(KeepsBillingHistory, admin.ModelAdmin):
+class ApiKeyAdmin(PeriodSpendColumns, KeepsBillingHistory, admin.ModelAdmin):
     form = LimitsForm
     list_display = (
         "prefix",
@@ -202,17 +225,6 @@ class ApiKeyAdmin(KeepsBillingHistory, admin.ModelAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[ApiKey]:
         return keys_with_spend(super().get_queryset(request), now=timezone.now())
-
-    @admin.display(description="spent this period (USD)", ordering="spent_usd")
-    def spent(self, obj: ApiKey) -> str:
-        return usd(obj.spent_usd)
-
-    @admin.display(description="remaining (USD)", ordering="remaining_usd")
-    def remaining(self, obj: ApiKey) -> str:
-        if obj.budget_usd is None:
-            return "no budget"
-        # From the Decimals, not the database's difference: SQLite subtracts in floats.
-        return usd(obj.budget_usd - obj.spent_usd - obj.reserved_usd)
 
     @admin.display(description="last used", ordering="last_used_at")
     def last_used(self, obj: ApiKey) -> str:

@@ -4,19 +4,22 @@ again at once."""
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin
-from django.db import models
-from django.db.models import Case, Count, F, OuterRef, Subquery, Value, When
+from django.db.models import Count, OuterRef, Subquery, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from keys.admin import KeepsBillingHistory, LimitsForm, limits_fieldset, money_column
-from keys.fields import MoneyField
-from keys.models import Period, QuotaLedger, Team, TeamMember, period_start
-from keys.money import usd
+from keys.admin import (
+    KeepsBillingHistory,
+    LimitsForm,
+    PeriodSpendColumns,
+    limits_fieldset,
+    money_column,
+    with_period_spend,
+)
+from keys.models import Team, TeamMember
 from keys.services import LIMIT_FIELDS, team_member_remove, team_member_set, team_update_limits
 
 if TYPE_CHECKING:
@@ -28,27 +31,10 @@ if TYPE_CHECKING:
 
 
 def teams_with_spend(teams: QuerySet[Team], *, now: dt.datetime) -> QuerySet[Team]:
-    """`teams` with this period's `spent_usd` and `reserved_usd` (from the team's ledger row
-    of its period; 0 before its first request) and `member_count`, in one query."""
-    this_period = Case(
-        *(When(period=period, then=Value(period_start(period, now))) for period in Period),
-        output_field=models.DateTimeField(),
-    )
-    ledger = QuotaLedger.objects.filter(
-        team=OuterRef("pk"), period=OuterRef("period"), period_start=this_period
-    )
-    zero = Value(Decimal(0), output_field=MoneyField())
+    """`teams` with this period's spend (`with_period_spend`) and `member_count`, in one
+    query."""
     members = TeamMember.objects.filter(team=OuterRef("pk")).values("team")
-    return teams.annotate(
-        spent_usd=Coalesce(
-            Subquery(ledger.values("spent_usd")[:1], output_field=MoneyField()), zero
-        ),
-        reserved_usd=Coalesce(
-            Subquery(ledger.values("reserved_usd")[:1], output_field=MoneyField()), zero
-        ),
-        remaining_usd=models.ExpressionWrapper(
-            F("budget_usd") - F("spent_usd") - F("reserved_usd"), output_field=MoneyField()
-        ),
+    return with_period_spend(teams, owner="team", now=now).annotate(
         member_count=Coalesce(Subquery(members.annotate(n=Count("pk")).values("n")[:1]), Value(0)),
     )
 
@@ -74,7 +60,7 @@ class UserTeamInline(admin.TabularInline):
 
 
 @admin.register(Team)
-class TeamAdmin(KeepsBillingHistory, admin.ModelAdmin):
+class TeamAdmin(PeriodSpendColumns, KeepsBillingHistory, admin.ModelAdmin):
     form = LimitsForm
     list_display = (
         "name",
@@ -111,16 +97,6 @@ class TeamAdmin(KeepsBillingHistory, admin.ModelAdmin):
     @admin.display(description="members", ordering="member_count")
     def members(self, obj: Team) -> int:
         return obj.member_count
-
-    @admin.display(description="spent this period (USD)", ordering="spent_usd")
-    def spent(self, obj: Team) -> str:
-        return usd(obj.spent_usd)
-
-    @admin.display(description="remaining (USD)", ordering="remaining_usd")
-    def remaining(self, obj: Team) -> str:
-        if obj.budget_usd is None:
-            return "no budget"
-        return usd(obj.budget_usd - obj.spent_usd - obj.reserved_usd)
 
     def billing_owners(self, objs: Any) -> dict[type[Model], Any]:
         return {Team: objs}

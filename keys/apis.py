@@ -130,6 +130,17 @@ class LimitsInputSerializer(serializers.Serializer):
     )
 
 
+def user_named(username: str) -> Any:
+    """The user of a URL's `<username>`, or 404."""
+    # A NUL is in no username, and PostgreSQL refuses it in a query (a 500).
+    user = (
+        None if "\x00" in username else get_user_model().objects.filter(username=username).first()
+    )
+    if user is None:
+        raise NotFound("No such user.")
+    return user
+
+
 def _limit_changes(data: dict[str, Any]) -> dict[str, Any]:
     """Validated input as keyword arguments of the keys services."""
     changes = {f: data[f] for f in LIMIT_FIELDS if f in data}
@@ -354,15 +365,7 @@ class UserLimitsApi(ApiAuthMixin, APIView):
         username = serializers.CharField()
 
     def _user(self, username: str) -> Any:
-        # A NUL is in no username, and PostgreSQL refuses it in a query (a 500).
-        user = (
-            None
-            if "\x00" in username
-            else get_user_model().objects.filter(username=username).first()
-        )
-        if user is None:
-            raise NotFound("No such user.")
-        return user
+        return user_named(username)
 
     def _body(self, user: Any, limit: UserLimit | None) -> dict[str, Any]:
         limit = limit or UserLimit(user=user)  # no row yet: no limits

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -26,6 +25,7 @@ from keys.apis import (
     LimitsOutputSerializer,
     MoneyField,
     _limit_changes,
+    user_named,
 )
 from keys.authentication import ApiAuthMixin, IsStaffLogin
 from keys.models import BudgetMode, Period, Team, TeamMember
@@ -191,14 +191,7 @@ class TeamMemberApi(ApiAuthMixin, APIView):
     permission_classes = [IsStaffLogin]
 
     def _user(self, username: str) -> Any:
-        user = (
-            None
-            if "\x00" in username
-            else get_user_model().objects.filter(username=username).first()
-        )
-        if user is None:
-            raise NotFound("No such user.")
-        return user
+        return user_named(username)
 
     @extend_schema(
         operation_id="teams_members_update",

@@ -18,21 +18,18 @@ from django.utils import timezone
 
 from usage.charts import daily_spend_chart, spend_bar_chart
 from usage.selectors import (
-    RECORD_ENDPOINTS,
-    STATUS_RANGES,
     team_budget_line,
     team_for_viewer,
     team_usage,
     usage_request_log,
 )
 from usage.views import (
-    LOG_MAX_PAGE,
     LOG_PAGE_SIZE,
     RequestLogForm,
     _date_range,
     _last_days,
-    _log_url,
     _table_rows,
+    request_log_context,
 )
 
 
@@ -79,16 +76,7 @@ def team_dashboard(request: HttpRequest, team_id: int) -> HttpResponse:
         "model_chart": spend_bar_chart(
             rows=usage.models, chart_id="spend-by-model", title="Spend by model"
         ),
-        "log": log,
-        "log_filters": log_filters,
-        "log_endpoints": RECORD_ENDPOINTS,
-        "log_statuses": [(value, label) for value, (label, _, _) in STATUS_RANGES.items()],
-        "log_newer_url": _log_url(request, page=log.page - 1) if log.page > 1 else "",
-        "log_older_url": (
-            _log_url(request, page=log.page + 1) if log.has_next and log.page < LOG_MAX_PAGE else ""
-        ),
-        "log_offset": (log.page - 1) * LOG_PAGE_SIZE,
-        "log_last": (log.page - 1) * LOG_PAGE_SIZE + len(log.records),
+        **request_log_context(request, log, log_filters),
         "now": now,
     }
     return render(request, "usage/team_dashboard.html", context)

@@ -161,6 +161,23 @@ def _grouping(request: HttpRequest, range_days: int) -> tuple[bool, str]:
     return range_days <= HOURLY_MAX_DAYS, ""
 
 
+def request_log_context(request: HttpRequest, log: Any, filters: dict[str, Any]) -> dict[str, Any]:
+    """What templates/usage/_request_log.html needs: the page of records, its filters and the
+    links to the pages beside it."""
+    return {
+        "log": log,
+        "log_filters": filters,
+        "log_endpoints": RECORD_ENDPOINTS,
+        "log_statuses": [(value, label) for value, (label, _, _) in STATUS_RANGES.items()],
+        "log_newer_url": _log_url(request, page=log.page - 1) if log.page > 1 else "",
+        "log_older_url": (
+            _log_url(request, page=log.page + 1) if log.has_next and log.page < LOG_MAX_PAGE else ""
+        ),
+        "log_offset": (log.page - 1) * LOG_PAGE_SIZE,
+        "log_last": (log.page - 1) * LOG_PAGE_SIZE + len(log.records),
+    }
+
+
 def _log_url(request: HttpRequest, **changes: Any) -> str:
     params = request.GET.copy()
     for name, value in changes.items():
@@ -245,17 +262,8 @@ def _render_dashboard(request: HttpRequest, subject: AbstractBaseUser | None) ->
         "model_chart": spend_bar_chart(
             rows=usage.models, chart_id="spend-by-model", title="Spend by model"
         ),
-        "log": log,
         "log_form": log_form,
-        "log_filters": log_filters,
-        "log_endpoints": RECORD_ENDPOINTS,
-        "log_statuses": [(value, label) for value, (label, _, _) in STATUS_RANGES.items()],
-        "log_newer_url": _log_url(request, page=log.page - 1) if log.page > 1 else "",
-        "log_older_url": (
-            _log_url(request, page=log.page + 1) if log.has_next and log.page < LOG_MAX_PAGE else ""
-        ),
-        "log_offset": (log.page - 1) * LOG_PAGE_SIZE,
-        "log_last": (log.page - 1) * LOG_PAGE_SIZE + len(log.records),
+        **request_log_context(request, log, log_filters),
         "now": now,
     }
     if subject is None:

@@ -38,6 +38,10 @@ def _fill(username: str, *, seed: int, days: int = 30, budget: Decimal | None = 
     laptop, _ = key_issue(username=username, name="laptop", budget_usd=budget, period=Period.MONTH)
     ci, _ = key_issue(username=username, name="ci")
     now = timezone.now()
+    # A record of day d stays on the date d days ago whatever the hour the test runs at (a
+    # window of the last 7 dates then holds all of 7 days' traffic, also just after midnight).
+    local = timezone.localtime(now)
+    since_midnight = local.hour * 60 + local.minute
     records = []
     for day in range(days):
         for _ in range(rng.randint(2, 7)):
@@ -49,7 +53,8 @@ def _fill(username: str, *, seed: int, days: int = 30, budget: Decimal | None = 
             records.append(
                 usage_record_create(
                     record=UsageRecord(
-                        created_at=now - dt.timedelta(days=day, minutes=rng.randint(0, 600)),
+                        created_at=now
+                        - dt.timedelta(days=day, minutes=min(rng.randint(0, 600), since_midnight)),
                         user=key.user,
                         api_key=key,
                         key_prefix=key.prefix,

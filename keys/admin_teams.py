@@ -20,7 +20,13 @@ from keys.admin import (
     with_period_spend,
 )
 from keys.models import Team, TeamMember
-from keys.services import LIMIT_FIELDS, team_member_remove, team_member_set, team_update_limits
+from keys.services import (
+    LIMIT_FIELDS,
+    team_create,
+    team_member_remove,
+    team_member_set,
+    team_update_limits,
+)
 
 if TYPE_CHECKING:
     import datetime as dt
@@ -102,10 +108,13 @@ class TeamAdmin(PeriodSpendColumns, KeepsBillingHistory, admin.ModelAdmin):
         return {Team: objs}
 
     def save_model(self, request: HttpRequest, obj: Team, form: ModelForm, change: bool) -> None:
-        if not change:
-            super().save_model(request, obj, form, change)
+        limits = {f: getattr(obj, f) for f in LIMIT_FIELDS}
+        if change:
+            team_update_limits(team=obj, name=obj.name, **limits)
             return
-        team_update_limits(team=obj, name=obj.name, **{f: getattr(obj, f) for f in LIMIT_FIELDS})
+        team = team_create(name=obj.name, **limits)
+        obj.pk, obj.created_at = team.pk, team.created_at  # the members inline saves onto it
+        obj._state.adding = False
 
     def save_formset(
         self, request: HttpRequest, form: ModelForm, formset: BaseInlineFormSet, change: bool

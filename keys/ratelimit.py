@@ -21,7 +21,7 @@ import uuid
 
 from django.conf import settings
 
-from keys.selectors import KeyInfo, LimitSnapshot
+from keys.selectors import SCOPE_LABELS, KeyInfo, LimitSnapshot
 
 log = logging.getLogger(__name__)
 WINDOW = 60
@@ -97,17 +97,12 @@ class RateTicket:
 
 
 def _scopes(key: KeyInfo) -> list[Scope]:
-    scopes = []
-    named = [
-        (f"k{key.id}", key.key_limits, "this key"),
-        (f"u{key.user_id}", key.user_limits, "your account"),
+    # Counter names "k<id>", "u<id>", "t<id>": the first letter of the scope and its owner.
+    return [
+        Scope(f"{scope[0]}{owner_id}", limits, SCOPE_LABELS[scope])
+        for scope, owner_id, limits in key.scopes()
+        if limits.rpm or limits.tpm or limits.max_concurrent
     ]
-    if key.team_id is not None:
-        named.append((f"t{key.team_id}", key.team_limits, "your team"))
-    for name, limits, label in named:
-        if limits.rpm or limits.tpm or limits.max_concurrent:
-            scopes.append(Scope(name, limits, label))
-    return scopes
 
 
 def _names(scope: Scope, minute: int) -> tuple[str, str, str]:

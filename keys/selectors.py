@@ -100,6 +100,11 @@ class LimitSnapshot:
         }
 
 
+# How a refusal names each scope whose limit it hit, and the ledger column of its owner.
+SCOPE_LABELS = {"key": "this key", "user": "your account", "team": "your team"}
+OWNER_COLUMNS = {"key": "api_key_id", "user": "user_id", "team": "team_id"}
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class KeyInfo:
     """What the relay needs to know about a key, cached per process for a few seconds."""
@@ -120,6 +125,14 @@ class KeyInfo:
 
     def model_allowed(self, model: str) -> bool:
         return all(limits.model_allowed(model) for limits in self.all_limits())
+
+    def scopes(self) -> list[tuple[str, int, LimitSnapshot]]:
+        """(scope, owner id, limits) of each scope whose limits apply: "key", "user" and, for
+        a team member, "team"."""
+        scopes = [("key", self.id, self.key_limits), ("user", self.user_id, self.user_limits)]
+        if self.team_id is not None:
+            scopes.append(("team", self.team_id, self.team_limits))
+        return scopes
 
     def all_limits(self) -> tuple[LimitSnapshot, ...]:
         """The limits that apply to a request with this key: the key's, its user's and (for
@@ -254,14 +267,8 @@ def _ledger_report(
 def key_usage_report(*, key: KeyInfo, now: dt.datetime) -> dict[str, object]:
     """What GET /v1/proxy/me shows: the key, its and its user's limits, this period's spend."""
     usage: dict[str, object] = {}
-    scopes = [
-        ("key", key.key_limits, {"api_key_id": key.id}),
-        ("user", key.user_limits, {"user_id": key.user_id}),
-    ]
-    if key.team_id is not None:
-        scopes.append(("team", key.team_limits, {"team_id": key.team_id}))
-    for scope, limits, owner in scopes:
-        ledger = ledger_for(period=limits.period, now=now, **owner)
+    for scope, owner_id, limits in key.scopes():
+        ledger = ledger_for(period=limits.period, now=now, **{OWNER_COLUMNS[scope]: owner_id})
         usage[scope] = _ledger_report(
             limits, ledger, limits.period, period_start(limits.period, now)
         )

@@ -36,7 +36,13 @@ from keys.models import (
     period_start,
 )
 from keys.money import usd
-from keys.selectors import KeyInfo, LimitSnapshot, key_info_forget
+from keys.selectors import (
+    OWNER_COLUMNS,
+    SCOPE_LABELS,
+    KeyInfo,
+    LimitSnapshot,
+    key_info_forget,
+)
 from keys.sql import Columns, db_values
 
 LIMIT_FIELDS = (
@@ -231,11 +237,8 @@ def _money(value: object) -> Decimal:
     return from_units(value)
 
 
-_OWNER_COLUMNS = {"key": "api_key_id", "user": "user_id", "team": "team_id"}
-
-
 def _owner(scope: str, owner_id: int) -> dict[str, int]:
-    return {_OWNER_COLUMNS[scope]: owner_id}
+    return {OWNER_COLUMNS[scope]: owner_id}
 
 
 def _ledger_id(scope: str, owner_id: int, period: str, start: dt.datetime) -> int:
@@ -282,7 +285,7 @@ def _ledger_update_sql(
     scope: str, limits: LimitSnapshot, key_id: int | None, member_id: int | None = None
 ) -> str:
     table = QuotaLedger._meta.db_table
-    owner_column = _OWNER_COLUMNS[scope]
+    owner_column = OWNER_COLUMNS[scope]
     sql = [
         # Table names come from the models' _meta, never from input; values are parameters.
         f"UPDATE {table} SET reserved_usd = reserved_usd + %(cost)s,"  # noqa: S608
@@ -379,7 +382,7 @@ def _refusal(
     ledger = QuotaLedger.objects.filter(
         period=limits.period, period_start=start, **_owner(scope, owner_id)
     ).first()
-    whose = {"key": "this key", "user": "your account", "team": "your team"}[scope]
+    whose = SCOPE_LABELS[scope]
     span = "" if limits.period == Period.TOTAL else f" this {limits.period}"
     if (
         ledger is not None

@@ -279,36 +279,57 @@ def _percentile(histogram: Mapping[int, int], pct: int) -> int | None:
     return None
 
 
-def _day_activity(*, user_id: int | None, day: dt.date) -> tuple[ActivityBucket, list]:
-    """The day's bucket and its 24 hours' (all of them, empty ones too), from the hourly
-    rollup and latency histogram (UsageHourly, UsageLatency): never from the records."""
-    since = dt.datetime.combine(day, dt.time.min, tzinfo=dt.UTC)
-    until = since + dt.timedelta(days=1)
-    hours = [ActivityBucket(start=since + dt.timedelta(hours=hour)) for hour in range(24)]
+def _days_activity(
+    *, user_id: int | None, days: list[dt.date]
+) -> dict[dt.date, tuple[ActivityBucket, list]]:
+    """Each day's bucket and its 24 hours' (all of them, empty ones too), from the hourly
+    rollup and latency histogram (UsageHourly, UsageLatency): never from the records. Two
+    queries for all the days, summed in the database by hour (everyone's 90 days are two
+    million rollup rows, a few thousand once summed)."""
+    if not days:
+        return {}
+    since = dt.datetime.combine(min(days), dt.time.min, tzinfo=dt.UTC)
+    until = dt.datetime.combine(max(days) + dt.timedelta(days=1), dt.time.min, tzinfo=dt.UTC)
+    found: dict[dt.date, tuple[ActivityBucket, list]] = {}
+    for day in days:
+        start = dt.datetime.combine(day, dt.time.min, tzinfo=dt.UTC)
+        hours = [ActivityBucket(start=start + dt.timedelta(hours=hour)) for hour in range(24)]
+        found[day] = (ActivityBucket(start=start), hours)
     totals = UsageHourly.objects.filter(hour__gte=since, hour__lt=until)
     latencies = UsageLatency.objects.filter(hour__gte=since, hour__lt=until)
     if user_id is not None:
         totals, latencies = totals.filter(user_id=user_id), latencies.filter(user_id=user_id)
-    daily = ActivityBucket(start=since)
-    for hour, model, requests, errors, cost, unpriced in totals.values_list(
-        "hour", "model", "requests", "errors", "cost_usd", "unpriced_requests"
-    ).order_by():
-        for bucket in (hours[hour.astimezone(dt.UTC).hour], daily):
+    summed = (
+        totals.values_list("hour", "model")
+        .annotate(Sum("requests"), Sum("errors"), Sum("cost_usd"), Sum("unpriced_requests"))
+        .order_by()
+    )
+    for hour, model, requests, errors, cost, unpriced in summed:
+        at = hour.astimezone(dt.UTC)
+        if at.date() not in found:
+            continue  # a day between two asked for, read from the cache
+        daily, hours = found[at.date()]
+        for bucket in (hours[at.hour], daily):
             bucket.requests += requests
             bucket.errors += errors
             bucket.unpriced_requests += unpriced
             if cost:
                 bucket.cost_usd += cost
                 bucket.spend_by_model[model] = bucket.spend_by_model.get(model, Decimal(0)) + cost
-    histograms: list[dict[int, int]] = [{} for _ in range(24)]
-    whole_day: dict[int, int] = {}
-    for hour, bucket, requests in latencies.values_list("hour", "bucket", "requests").order_by():
-        histogram = histograms[hour.astimezone(dt.UTC).hour]
-        histogram[bucket] = histogram.get(bucket, 0) + requests
-        whole_day[bucket] = whole_day.get(bucket, 0) + requests
-    for activity, histogram in (*zip(hours, histograms, strict=True), (daily, whole_day)):
-        activity.p50_ms, activity.p95_ms = _percentile(histogram, 50), _percentile(histogram, 95)
-    return daily, hours
+    histograms: dict[dt.date, list[dict[int, int]]] = {day: [{} for _ in range(25)] for day in days}
+    by_bucket = latencies.values_list("hour", "bucket").annotate(Sum("requests")).order_by()
+    for hour, bucket, requests in by_bucket:
+        at = hour.astimezone(dt.UTC)
+        if at.date() not in histograms:
+            continue
+        # 24 hours, then the whole day.
+        for histogram in (histograms[at.date()][at.hour], histograms[at.date()][24]):
+            histogram[bucket] = histogram.get(bucket, 0) + requests
+    for day, (daily, hours) in found.items():
+        for activity, histogram in zip((*hours, daily), histograms[day], strict=True):
+            activity.p50_ms = _percentile(histogram, 50)
+            activity.p95_ms = _percentile(histogram, 95)
+    return found
 
 
 def usage_activity(
@@ -326,14 +347,14 @@ def usage_activity(
     scope = user_id or "all"
     keys = {day: f"usage:activity:{scope}:{day}" for day in days if day <= closed_end}
     cached = cache.get_many(list(keys.values()))
+    missing = [day for day in days if day not in keys or keys[day] not in cached]
+    read = _days_activity(user_id=user_id, days=missing)
+    cache.set_many(
+        {keys[day]: read[day] for day in missing if day in keys}, CLOSED_DAYS_CACHE_SECONDS
+    )
     buckets: list[ActivityBucket] = []
     for day in days:
-        found = cached.get(keys[day]) if day in keys else None
-        if found is None:
-            found = _day_activity(user_id=user_id, day=day)
-            if day in keys:
-                cache.set(keys[day], found, CLOSED_DAYS_CACHE_SECONDS)
-        daily, hours = found
+        daily, hours = read[day] if day in read else cached[keys[day]]
         buckets.extend(hours if hourly else [daily])
     folded = models_folded({model for b in buckets for model in b.spend_by_model})
     for bucket in buckets:

@@ -75,3 +75,36 @@ def test_the_migration_fills_them_from_the_records_kept():
     finally:
         executor = MigrationExecutor(connection)
         executor.migrate(executor.loader.graph.leaf_nodes())
+
+
+def test_everyones_activity_is_summed_in_two_queries_however_many_days(
+    alice_key, bob_key, make_record
+):
+    from django.core.cache import cache
+    from django.test.utils import CaptureQueriesContext
+
+    from usage.selectors import usage_activity
+
+    cache.clear()
+    start = HOUR.date()
+    for day in range(10):
+        at = HOUR + dt.timedelta(days=day)
+        make_record(alice_key[0], created_at=at, latency_ms=90, cost="0.25")
+        make_record(bob_key[0], created_at=at + dt.timedelta(minutes=1), latency_ms=900, cost="1")
+        make_record(bob_key[0], created_at=at + dt.timedelta(hours=2), status_code=500, cost=None)
+    end, today = start + dt.timedelta(days=9), start + dt.timedelta(days=30)
+    with CaptureQueriesContext(connection) as queries:
+        days = usage_activity(user_id=None, start=start, end=end, today=today, hourly=False)
+    assert len([q for q in queries if "usage_usage" in q["sql"]]) == 2  # hourly and latency
+    assert [(d.requests, d.errors, d.cost_usd) for d in days] == [(3, 1, Decimal("1.25"))] * 10
+    # Three requests: 90 ms, 900 ms and the 500's (250 ms): the p50 is the 250's bucket edge.
+    assert {(d.p50_ms, d.p95_ms) for d in days} == {(300, 1000)}
+    hours = usage_activity(
+        user_id=bob_key[0].user_id, start=start, end=start, today=today, hourly=True
+    )
+    assert [(h.requests, h.errors) for h in hours if h.requests] == [(1, 0), (1, 1)]
+    # Closed days are read again from the cache, not the database.
+    with CaptureQueriesContext(connection) as queries:
+        again = usage_activity(user_id=None, start=start, end=end, today=today, hourly=False)
+    assert not [q for q in queries if "usage_usage" in q["sql"]]
+    assert [d.p95_ms for d in again] == [d.p95_ms for d in days]

@@ -378,6 +378,7 @@ def time_pages(actors: dict[str, object], runs: int, warmup: int) -> list[tuple]
             "dashboard, staff, log filtered (model, 5xx)",
             "/dashboard/?model=o4-mini&status=5xx&endpoint=chat/completions",
         ),
+        ("staff", "dashboard, staff, log of one key", "/dashboard/?key=sk-proxy-031"),
         ("user", "request detail", f"/dashboard/requests/{record.pk}/"),
         ("user", "dashboard CSV by model, user", "/dashboard/usage.csv?group_by=model"),
         ("staff", "dashboard CSV by user, staff", "/dashboard/usage.csv?group_by=user"),
@@ -410,6 +411,14 @@ def time_pages(actors: dict[str, object], runs: int, warmup: int) -> list[tuple]
             "staff",
             "admin usage list, search a key prefix",
             "/admin/usage/usagerecord/?q=sk-proxy-031",
+        ),
+        ("staff", "admin usage list, one key", "/admin/usage/usagerecord/?key=sk-proxy-031"),
+        ("staff", "admin usage list, any error", "/admin/usage/usagerecord/?status=errors"),
+        ("staff", "admin usage list, search a model", "/admin/usage/usagerecord/?q=o4-mini"),
+        (
+            "staff",
+            "admin usage list, search an unknown id",
+            "/admin/usage/usagerecord/?q=req_8f3a9c1d2b",
         ),
     ]
     # A host the settings allow (Client's own "testserver" is answered 400 DisallowedHost,

@@ -386,6 +386,57 @@ RECORD_ENDPOINTS = (
 )
 
 
+def records_of_key_prefix(records: QuerySet[UsageRecord], prefix: str) -> QuerySet[UsageRecord]:
+    """The records of the keys whose prefix starts with `prefix`. Through the keys table, so
+    the (api_key, -created_at) index reads one key's records newest first; a LIKE on the
+    records' own column would read every record. A key deleted before records protected it is
+    found by the prefix its records kept."""
+    key_ids = list(ApiKey.objects.filter(prefix__startswith=prefix).values_list("pk", flat=True))
+    if key_ids:
+        return records.filter(api_key_id__in=key_ids)
+    return records.filter(key_prefix__startswith=prefix)
+
+
+def records_searched(records: QuerySet[UsageRecord], term: str) -> QuerySet[UsageRecord]:
+    """The records a search box's `term` names: a key (by the start of its prefix), a user (by
+    exact username), a model (a name containing the term, or the exact name asked for) or an
+    upstream request id (exact). Each kind is looked up first where it is cheap (the keys,
+    users and daily rollup tables, an index for the rest), and only the kinds that match go
+    into the records' query: one OR over every column of ten million records reads them all,
+    a filter on one kind is an index scan. A term that names nothing finds nothing at once."""
+    term = term.strip()
+    if not term:
+        return records
+    user_model = get_user_model()
+    named: list[Q] = []
+    key_ids = list(ApiKey.objects.filter(prefix__startswith=term).values_list("pk", flat=True))
+    if key_ids:
+        named.append(Q(api_key_id__in=key_ids))
+    elif term.startswith("sk-") and UsageRecord.objects.filter(key_prefix=term).exists():
+        named.append(Q(key_prefix=term))  # a deleted key's records
+    user_ids = list(
+        user_model.objects.filter(**{user_model.USERNAME_FIELD: term}).values_list("pk", flat=True)
+    )
+    if user_ids:
+        named.append(Q(user_id__in=user_ids))
+    # A rollup row's model is the one answered, or the one asked for when none was.
+    models = set(
+        UsageDaily.objects.filter(model__icontains=term).values_list("model", flat=True).distinct()
+    )
+    if UsageRecord.objects.filter(model=term).exists():
+        models.add(term)  # an alias asked for (the rollup keeps the model answered)
+    if models:
+        named.append(Q(model__in=sorted(models)) | Q(response_model__in=sorted(models)))
+    if UsageRecord.objects.filter(upstream_request_id=term).exists():
+        named.append(Q(upstream_request_id=term))
+    if not named:
+        return records.none()
+    found = named[0]
+    for other in named[1:]:
+        found |= other
+    return records.filter(found)
+
+
 @dataclasses.dataclass(frozen=True)
 class RequestLogPage:
     records: list[UsageRecord]
@@ -426,7 +477,7 @@ def usage_request_log(
         _, low, high = STATUS_RANGES[status]
         records = records.filter(status_code__gte=low, status_code__lte=high)
     if key_prefix:
-        records = records.filter(key_prefix__startswith=key_prefix)
+        records = records_of_key_prefix(records, key_prefix)
     offset = (page - 1) * per_page
     found = list(
         records.select_related("user")

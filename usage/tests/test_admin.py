@@ -469,3 +469,55 @@ def test_the_records_list_filters_by_the_exact_key(admin_client, records):
     alice_prefix = records[0].key_prefix
     response = admin_client.get(RECORDS, {"key": alice_prefix})
     assert {r.pk for r in response.context["cl"].result_list} == {records[0].pk, records[1].pk}
+
+
+def test_the_records_search_finds_a_key_a_user_a_model_or_a_request_id(admin_client, records):
+    def found(term: str) -> set[int]:
+        response = admin_client.get(RECORDS, {"q": term})
+        assert response.status_code == 200
+        return {r.pk for r in response.context["cl"].result_list}
+
+    ids = [r.pk for r in records]
+    alice_prefix = records[0].key_prefix
+    assert found(alice_prefix) == set(ids[:2])
+    assert found(alice_prefix[:-3]) >= set(ids[:2])  # the start of a prefix
+    assert found("sk-proxy-") == set(ids)
+    assert found("alice") == set(ids[:2])  # a username, exactly
+    assert found("ali") == set()
+    assert found("gpt-4o-mini") == {ids[0], ids[2]}  # a model asked for
+    assert found("4o-mini-2024") == {ids[0], ids[2]}  # part of a model answered
+    assert found(" req_abc123 ") == {ids[0]}
+    assert found("req_abc") == set()  # request ids only whole
+    assert found("nothing-named-this") == set()
+
+
+def test_a_deleted_keys_records_are_found_by_the_prefix_they_kept(admin_client, records):
+    from usage.models import UsageRecord
+
+    UsageRecord.objects.filter(pk=records[1].pk).update(api_key=None, key_prefix="sk-proxy-gone1")
+    for query in ({"q": "sk-proxy-gone1"}, {"key": "sk-proxy-gone"}):
+        response = admin_client.get(RECORDS, query)
+        assert [r.pk for r in response.context["cl"].result_list] == [records[1].pk], query
+
+
+def test_the_records_search_never_reads_the_records_by_a_pattern(admin_client, records):
+    # Django's own search ORs a LIKE over every field: a scan of every record, seconds at ten
+    # million. Patterns go to the keys and the daily rollup; the records are matched exactly.
+    for term in (records[0].key_prefix, "bob", "embedding", "req_abc123", "no-such-thing"):
+        with CaptureQueriesContext(connection) as queries:
+            assert admin_client.get(RECORDS, {"q": term}).status_code == 200
+        on_records = [q["sql"] for q in queries if 'FROM "usage_usagerecord"' in q["sql"]]
+        assert on_records, term
+        assert not [sql for sql in on_records if " LIKE " in sql.upper()], term
+
+
+def test_a_filtered_count_stops_at_the_cap_and_says_so(admin_client, records, monkeypatch):
+    from usage.admin import UsageRecordPaginator
+
+    monkeypatch.setattr(UsageRecordPaginator, "COUNT_CAP", 2)
+    page = admin_client.get(RECORDS, {"key": "sk-proxy-"}).content.decode()
+    assert re.search(r'id="record-count">2\+</span> usage records', page)
+    exact = admin_client.get(RECORDS, {"username": "bob"}).content.decode()
+    assert re.search(r'id="record-count">2</span> usage records', exact)
+    unfiltered = admin_client.get(RECORDS).content.decode()
+    assert re.search(r'id="record-count">4</span> usage records', unfiltered)

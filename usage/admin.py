@@ -35,6 +35,7 @@ from usage.selectors import (
     STATUS_RANGES,
     records_of_key_prefix,
     records_searched,
+    records_with_status,
     usage_days,
     usage_record_count,
 )
@@ -140,10 +141,7 @@ class StatusFilter(admin.SimpleListFilter):
         return [(value, label) for value, (label, _, _) in STATUS_RANGES.items()]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
-        if self.value() not in STATUS_RANGES:
-            return queryset
-        _, low, high = STATUS_RANGES[self.value()]
-        return queryset.filter(status_code__gte=low, status_code__lte=high)
+        return records_with_status(queryset, self.value())
 
 
 class InputFilter(admin.SimpleListFilter):
@@ -235,7 +233,9 @@ class UsageRecordAdmin(admin.ModelAdmin):
     search_fields = ("key_prefix", "user__username", "model", "upstream_request_id")
     search_help_text = "A key prefix (sk-proxy-…), a username, a model or an upstream request id."
     date_hierarchy = "created_at"
-    list_select_related = ("user",)
+    # The users come by a second query (prefetch), not a JOIN: joined, SQLite loops over the
+    # users first and sorts each one's records (a model searched at 1M records: 1.9 s).
+    list_select_related = ()
     show_full_result_count = False
     paginator = UsageRecordPaginator
     list_per_page = 100
@@ -296,7 +296,8 @@ class UsageRecordAdmin(admin.ModelAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[UsageRecord]:
         # Bodies are read only on a record's own page, by one extra query there.
-        return super().get_queryset(request).defer("request_body", "response_body")
+        records = super().get_queryset(request).defer("request_body", "response_body")
+        return records.prefetch_related("user")
 
     def get_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
         return self.get_readonly_fields(request, obj)

@@ -378,6 +378,7 @@ def time_pages(actors: dict[str, object], runs: int, warmup: int) -> list[tuple]
             "dashboard, staff, log filtered (model, 5xx)",
             "/dashboard/?model=o4-mini&status=5xx&endpoint=chat/completions",
         ),
+        ("staff", "dashboard, staff, log of one model", "/dashboard/?model=o4-mini"),
         ("staff", "dashboard, staff, log of one key", "/dashboard/?key=sk-proxy-031"),
         ("user", "request detail", f"/dashboard/requests/{record.pk}/"),
         ("user", "dashboard CSV by model, user", "/dashboard/usage.csv?group_by=model"),

@@ -12,7 +12,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.core.cache import cache
-from django.db.models import F, Q, QuerySet, Sum
+from django.db.models import F, Prefetch, Q, QuerySet, Sum
 
 from keys.filters import BIGINT_MAX
 from keys.models import (
@@ -491,8 +491,10 @@ def usage_request_log(
         records = records_of_key_prefix(records, key_prefix)
     offset = (page - 1) * per_page
     found = list(
-        records.select_related("user")
-        .only(*RECENT_RECORD_FIELDS)
+        # The users by a second query, not a JOIN: joined, SQLite loops over the users first
+        # and sorts each one's records (a model filter at 1M records: 0.9 s).
+        records.only(*RECENT_RECORD_FIELDS)
+        .prefetch_related(Prefetch("user", queryset=get_user_model().objects.only("username")))
         .order_by("-created_at", "-id")[offset : offset + per_page + 1]
     )
     return RequestLogPage(records=found[:per_page], page=page, has_next=len(found) > per_page)
@@ -501,7 +503,7 @@ def usage_request_log(
 RECENT_RECORD_FIELDS = (
     "id",
     "created_at",
-    "user__username",
+    "user",
     "key_prefix",
     "endpoint",
     "model",

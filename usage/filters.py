@@ -89,7 +89,11 @@ class UsageRecordFilter(django_filters.FilterSet):
     )
     endpoint = django_filters.CharFilter(help_text="For example `chat/completions`.")
     status = IntegerFilter(
-        field_name="status_code", min_value=0, max_value=999, help_text="HTTP status."
+        field_name="status_code",
+        method="filter_status",
+        min_value=0,
+        max_value=999,
+        help_text="HTTP status.",
     )
     stream = StrictBooleanFilter()
     estimated = StrictBooleanFilter(
@@ -110,6 +114,11 @@ class UsageRecordFilter(django_filters.FilterSet):
         if key_ids:
             return queryset.filter(api_key_id__in=key_ids)
         return queryset.filter(key_prefix=value)
+
+    def filter_status(self, queryset: QuerySet[UsageRecord], name: str, value: int) -> QuerySet:
+        records = queryset.filter(status_code=value)
+        # An error also names the errors index's condition, which SQLite needs to use it.
+        return records.filter(status_code__gte=400) if value >= 400 else records
 
     def filter_model(self, queryset: QuerySet[UsageRecord], name: str, value: str) -> QuerySet:
         return queryset.filter(Q(model=value) | Q(response_model=value))

@@ -151,6 +151,16 @@ class InputFilter(admin.SimpleListFilter):
     template = "admin/usage/input_filter.html"
     placeholder = ""
 
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        value = (self.value() or "").strip()
+        if not value:
+            return queryset
+        # No record holds a NUL, and PostgreSQL refuses one in a query (a 500, not a page).
+        return queryset.none() if "\x00" in value else self.matching(queryset, value)
+
+    def matching(self, queryset: QuerySet, value: str) -> QuerySet:
+        raise NotImplementedError
+
     def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple]:
         # Not empty, or Django would leave the filter out.
         return [("", "")]
@@ -179,8 +189,8 @@ class UserFilter(InputFilter):
     parameter_name = "username"
     placeholder = "username"
 
-    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
-        return queryset.filter(user__username=self.value()) if self.value() else queryset
+    def matching(self, queryset: QuerySet, value: str) -> QuerySet:
+        return queryset.filter(user__username=value)
 
 
 class KeyFilter(InputFilter):
@@ -188,8 +198,8 @@ class KeyFilter(InputFilter):
     parameter_name = "key"
     placeholder = "sk-proxy-…"
 
-    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
-        return records_of_key_prefix(queryset, self.value()) if self.value() else queryset
+    def matching(self, queryset: QuerySet, value: str) -> QuerySet:
+        return records_of_key_prefix(queryset, value)
 
 
 class ModelFilter(InputFilter):
@@ -197,10 +207,8 @@ class ModelFilter(InputFilter):
     parameter_name = "model"
     placeholder = "gpt-4o-mini"
 
-    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
-        if not self.value():
-            return queryset
-        return queryset.filter(Q(model=self.value()) | Q(response_model=self.value()))
+    def matching(self, queryset: QuerySet, value: str) -> QuerySet:
+        return queryset.filter(Q(model=value) | Q(response_model=value))
 
 
 @admin.register(UsageRecord)

@@ -418,6 +418,8 @@ def records_searched(records: QuerySet[UsageRecord], term: str) -> QuerySet[Usag
     term = term.strip()
     if not term:
         return records
+    if "\x00" in term:
+        return records.none()  # no record holds one; PostgreSQL refuses it in a query
     user_model = get_user_model()
     named: list[Q] = []
     key_ids = list(ApiKey.objects.filter(prefix__startswith=term).values_list("pk", flat=True))
